@@ -1,0 +1,1 @@
+"""The HTTP face of Nurture: the FastAPI app, auth, error shapes and every router."""

@@ -1,0 +1,188 @@
+"""The durable capture queue between the fast accept path and the ingest worker.
+
+Production uses a Redis Stream with a consumer group (entries stay pending until acked, and
+entries of a dead consumer are reclaimed). The embedded mode uses a SQLite file with the same
+claim/ack semantics. An entry is one accepted request: a list of event envelopes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+from core.settings import Settings, get_settings
+
+INGEST_GROUP = "ingest"
+CLAIM_TIMEOUT_SECONDS = 60
+
+
+class QueueUnavailable(Exception):
+    """The queue could not durably take the entry; the client must retry (HTTP 503)."""
+
+
+class CaptureQueue(Protocol):
+    async def put(self, payload: bytes) -> None: ...
+
+    def put_sync(self, payload: bytes) -> None: ...
+
+    def take(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]: ...
+
+    def ack(self, entry_ids: list[str]) -> None: ...
+
+    def depth(self) -> int: ...
+
+
+class RedisStreamQueue:
+    def __init__(self, url: str, stream: str) -> None:
+        self.stream = stream
+        self._url = url
+        self._sync = redis.Redis.from_url(url)
+        self._async: aioredis.Redis | None = None
+        self._group_ready = False
+
+    def _async_client(self) -> aioredis.Redis:
+        # One async client per event loop user; created lazily inside the running loop.
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(self._url)
+        return self._async
+
+    async def put(self, payload: bytes) -> None:
+        try:
+            await self._async_client().xadd(self.stream, {"d": payload})
+        except (redis.RedisError, OSError) as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def put_sync(self, payload: bytes) -> None:
+        try:
+            self._sync.xadd(self.stream, {"d": payload})
+        except (redis.RedisError, OSError) as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self._sync.xgroup_create(self.stream, INGEST_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def take(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        self._ensure_group()
+        _next, claimed, _deleted = self._sync.xautoclaim(
+            self.stream, INGEST_GROUP, consumer, CLAIM_TIMEOUT_SECONDS * 1000, "0-0", count=count
+        )
+        entries = [(eid, fields) for eid, fields in claimed if fields]
+        if not entries:
+            response = self._sync.xreadgroup(
+                INGEST_GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms or None
+            )
+            entries = response[0][1] if response else []
+        return [(_text(eid), fields[b"d"]) for eid, fields in entries]
+
+    def ack(self, entry_ids: list[str]) -> None:
+        if not entry_ids:
+            return
+        pipe = self._sync.pipeline(transaction=True)
+        pipe.xack(self.stream, INGEST_GROUP, *entry_ids)
+        pipe.xdel(self.stream, *entry_ids)
+        pipe.execute()
+
+    def depth(self) -> int:
+        return int(self._sync.xlen(self.stream))
+
+
+class SqliteQueue:
+    """Embedded queue: a WAL-mode SQLite file with synchronous=FULL, so a 2xx survives a crash."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        with self._connection() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS capture_queue ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,"
+                " claimed_until REAL, claimed_by TEXT)"
+            )
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    async def put(self, payload: bytes) -> None:
+        self.put_sync(payload)
+
+    def put_sync(self, payload: bytes) -> None:
+        try:
+            self._connection().execute("INSERT INTO capture_queue (payload) VALUES (?)", (payload,))
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def take(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            now = time.time()
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    "UPDATE capture_queue SET claimed_until = ?, claimed_by = ? WHERE id IN ("
+                    " SELECT id FROM capture_queue WHERE claimed_until IS NULL"
+                    " OR claimed_until < ? ORDER BY id LIMIT ?) RETURNING id, payload",
+                    (now + CLAIM_TIMEOUT_SECONDS, consumer, now, count),
+                ).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if rows or time.monotonic() >= deadline:
+                return [(str(row[0]), row[1]) for row in sorted(rows)]
+            time.sleep(0.05)
+
+    def ack(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            marks = ",".join("?" * len(entry_ids))
+            self._connection().execute(
+                f"DELETE FROM capture_queue WHERE id IN ({marks})", [int(i) for i in entry_ids]
+            )
+
+    def depth(self) -> int:
+        return int(self._connection().execute("SELECT count(*) FROM capture_queue").fetchone()[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_queue: CaptureQueue | None = None
+
+
+def build_queue(settings: Settings) -> CaptureQueue:
+    if settings.redis_url:
+        return RedisStreamQueue(settings.redis_url, settings.capture_stream)
+    return SqliteQueue(settings.data_dir / "capture-queue.sqlite3")
+
+
+def get_queue() -> CaptureQueue:
+    global _queue
+    if _queue is None:
+        _queue = build_queue(get_settings())
+    return _queue
+
+
+def reset_queue() -> None:
+    global _queue
+    _queue = None

@@ -1,0 +1,145 @@
+"""The public tracking API (Segment-compatible paths), authenticated by a source's write key.
+
+Answers 200 only after the request's events are durably queued; 503 when the queue can't
+take them, so the client retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from capture.queue import QueueUnavailable, get_queue
+from capture.sources import SourceInfo, normalize_origin, write_keys
+from capture.tracking import (
+    CaptureError,
+    decode_body,
+    envelope_for_single,
+    envelopes_for_batch,
+)
+from core.clock import clock
+from core.keys import ADMIN_KEY_PREFIX
+from core.settings import get_settings
+
+router = APIRouter(tags=["tracking"])
+
+SUCCESS = orjson.dumps({"success": True})
+SINGLE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+def capture_error_response(error: CaptureError, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"code": error.code, "message": error.message, "fields": error.fields}}
+    return json_response(body, error.status, headers)
+
+
+def write_key_from(request: Request, body: dict[str, Any] | None) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() == "basic" and encoded:
+        try:
+            username = base64.b64decode(encoded, validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            username = ""
+        if username:
+            return username
+    if body is not None and isinstance(body.get("writeKey"), str):
+        return str(body["writeKey"])
+    return None
+
+
+def authenticate(write_key: str | None) -> SourceInfo:
+    if not write_key:
+        raise CaptureError(401, "unauthorized", "a write key is required (Basic auth or writeKey)")
+    if write_key.startswith(ADMIN_KEY_PREFIX + "_"):
+        raise CaptureError(401, "unauthorized", "admin keys cannot capture; use a write key")
+    source = write_keys.lookup(write_key)
+    if source is None:
+        raise CaptureError(401, "unauthorized", "the write key is not valid")
+    return source
+
+
+def cors_headers(request: Request, source: SourceInfo) -> dict[str, str]:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return {}
+    if normalize_origin(origin) not in source.allowed_origins:
+        raise CaptureError(403, "origin_not_allowed", f"origin {origin} is not allowed")
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def request_meta(request: Request, source: SourceInfo, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sourceId": str(source.id),
+        "ip": request.client.host if request.client else None,
+        "userAgent": request.headers.get("user-agent"),
+        "sentAt": body.get("sentAt"),
+    }
+
+
+async def accept(request: Request, kind: str) -> Response:
+    settings = get_settings()
+    headers: dict[str, str] = {}
+    try:
+        limit = settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes
+        body = decode_body(await request.body(), request.headers.get("content-encoding", ""), limit)
+        source = authenticate(write_key_from(request, body))
+        headers = cors_headers(request, source)
+        if source.honor_do_not_track and request.headers.get("dnt") == "1":
+            return json_response(SUCCESS, headers=headers)
+        received_at = clock.now()
+        meta = request_meta(request, source, body)
+        skew = timedelta(seconds=settings.max_clock_skew_seconds)
+        if kind == "batch":
+            envelopes = envelopes_for_batch(body, received_at, meta, skew, settings.max_event_bytes)
+        else:
+            envelopes = [envelope_for_single(body, kind, received_at, meta, skew)]
+        await get_queue().put(orjson.dumps(envelopes))
+    except CaptureError as error:
+        return capture_error_response(error, headers)
+    except QueueUnavailable:
+        return capture_error_response(
+            CaptureError(503, "unavailable", "the event queue is unavailable; retry later"),
+            {**headers, "Retry-After": "1"},
+        )
+    return json_response(SUCCESS, headers=headers)
+
+
+def _endpoint(kind: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        return await accept(request, kind)
+
+    endpoint.__name__ = f"capture_{kind}"
+    endpoint.__doc__ = f"Segment `{kind}` call. Authenticate with the write key as Basic user."
+    return endpoint
+
+
+for _kind in (*SINGLE_TYPES, "batch"):
+    router.add_api_route(f"/v1/{_kind}", _endpoint(_kind), methods=["POST"])
+router.add_api_route("/v1/import", _endpoint("batch"), methods=["POST"], include_in_schema=False)
+
+
+@router.options("/v1/{path:path}", include_in_schema=False)
+async def preflight(request: Request) -> Response:
+    # The browser sends no credentials in a preflight, so the origin is checked against the
+    # source on the real request; here we only say which headers may follow.
+    origin = request.headers.get("origin", "*")
+    return Response(
+        status_code=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Authorization, Content-Encoding",
+            "Access-Control-Max-Age": "86400",
+            "Vary": "Origin",
+        },
+    )

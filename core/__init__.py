@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, database, model base, ids, clock, task decorator."""

@@ -1,0 +1,66 @@
+"""The one task decorator, and enqueueing after commit (never for state that rolled back)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from celery import Task, shared_task
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from core.db import session_scope
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PENDING_KEY = "nurture_pending_tasks"
+
+
+class TransientError(Exception):
+    """A failure worth retrying (network, provider throttling); anything else is permanent."""
+
+
+def task(
+    name: str, queue: str = "default", max_retries: int = 5
+) -> Callable[[Callable[..., Any]], Task]:
+    """Declares a task `fn(session, *ids)`: it runs in its own transaction, acks late, and
+    retries TransientError with exponential backoff and jitter."""
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        @shared_task(
+            name=name,
+            bind=True,
+            queue=queue,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            max_retries=max_retries,
+        )
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+            try:
+                with session_scope() as session:
+                    return fn(session, *args, **kwargs)
+            except TransientError as exc:
+                delay = min(600, 2 ** (self.request.retries or 0)) + random.uniform(0, 1)
+                raise self.retry(exc=exc, countdown=delay) from exc
+
+        return run
+
+    return decorate
+
+
+def enqueue_after_commit(session: Session, task_obj: Task, *args: Any, **kwargs: Any) -> None:
+    session.info.setdefault(_PENDING_KEY, []).append((task_obj, args, kwargs))
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending(session: Session) -> None:
+    for task_obj, args, kwargs in session.info.pop(_PENDING_KEY, []):
+        task_obj.apply_async(args=args, kwargs=kwargs)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, _previous: Any) -> None:
+    session.info.pop(_PENDING_KEY, None)

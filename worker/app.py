@@ -1,0 +1,52 @@
+"""The Celery app: Redis in production, an embedded file-system broker otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from core.settings import Settings, get_settings
+
+TASK_MODULES = ["worker.tasks"]
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    if settings.redis_url:
+        # Broker ETAs stay far below this; long waits live in the database (ARCHITECTURE §3).
+        return settings.redis_url, {"visibility_timeout": 3600}
+    folder = (settings.data_dir / "broker").resolve()
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+    }
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    broker_url, transport_options = broker_options(settings)
+    app = Celery("nurture", broker=broker_url, include=TASK_MODULES)
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_default_queue="default",
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        beat_schedule_filename=str((settings.data_dir / "beat-schedule").resolve()),
+        beat_schedule={
+            "dispatch-change-feed": {"task": "core.dispatch_feed", "schedule": 1.0},
+        },
+    )
+    app.set_default()
+    return app
+
+
+celery_app = create_celery()

@@ -39,8 +39,11 @@ class CaptureQueue(Protocol):
 
 
 class RedisStreamQueue:
-    def __init__(self, url: str, stream: str) -> None:
+    def __init__(
+        self, url: str, stream: str, claim_timeout: float = CLAIM_TIMEOUT_SECONDS
+    ) -> None:
         self.stream = stream
+        self.claim_timeout = claim_timeout
         self._url = url
         self._sync = redis.Redis.from_url(url)
         self._async: aioredis.Redis | None = None
@@ -77,7 +80,7 @@ class RedisStreamQueue:
     def take(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
         self._ensure_group()
         _next, claimed, _deleted = self._sync.xautoclaim(
-            self.stream, INGEST_GROUP, consumer, CLAIM_TIMEOUT_SECONDS * 1000, "0-0", count=count
+            self.stream, INGEST_GROUP, consumer, int(self.claim_timeout * 1000), "0-0", count=count
         )
         entries = [(eid, fields) for eid, fields in claimed if fields]
         if not entries:
@@ -102,15 +105,16 @@ class RedisStreamQueue:
 class SqliteQueue:
     """Embedded queue: a WAL-mode SQLite file with synchronous=FULL, so a 2xx survives a crash."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, claim_timeout: float = CLAIM_TIMEOUT_SECONDS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.claim_timeout = claim_timeout
         self._local = threading.local()
         with self._connection() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS capture_queue ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,"
-                " claimed_until REAL, claimed_by TEXT)"
+                " claimed_at REAL, claimed_by TEXT)"
             )
 
     def _connection(self) -> sqlite3.Connection:
@@ -139,10 +143,10 @@ class SqliteQueue:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
-                    "UPDATE capture_queue SET claimed_until = ?, claimed_by = ? WHERE id IN ("
-                    " SELECT id FROM capture_queue WHERE claimed_until IS NULL"
-                    " OR claimed_until < ? ORDER BY id LIMIT ?) RETURNING id, payload",
-                    (now + CLAIM_TIMEOUT_SECONDS, consumer, now, count),
+                    "UPDATE capture_queue SET claimed_at = ?, claimed_by = ? WHERE id IN ("
+                    " SELECT id FROM capture_queue WHERE claimed_at IS NULL"
+                    " OR claimed_at <= ? ORDER BY id LIMIT ?) RETURNING id, payload",
+                    (now, consumer, now - self.claim_timeout, count),
                 ).fetchall()
                 conn.execute("COMMIT")
             except BaseException:
@@ -170,10 +174,10 @@ def _text(value: bytes | str) -> str:
 _queue: CaptureQueue | None = None
 
 
-def build_queue(settings: Settings) -> CaptureQueue:
+def build_queue(settings: Settings, claim_timeout: float = CLAIM_TIMEOUT_SECONDS) -> CaptureQueue:
     if settings.redis_url:
-        return RedisStreamQueue(settings.redis_url, settings.capture_stream)
-    return SqliteQueue(settings.data_dir / "capture-queue.sqlite3")
+        return RedisStreamQueue(settings.redis_url, settings.capture_stream, claim_timeout)
+    return SqliteQueue(settings.data_dir / "capture-queue.sqlite3", claim_timeout)
 
 
 def get_queue() -> CaptureQueue:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, MetaData, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, MetaData, Table, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -62,3 +62,8 @@ class UUIDPrimaryKey:
 class Timestamps:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's Table, typed as one (SQLAlchemy types `__table__` as a FromClause)."""
+    return cast(Table, model.__table__)

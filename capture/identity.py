@@ -1,0 +1,73 @@
+"""Normalisation of what identifies a person (email, phone) and of the free-form JSON
+(properties, traits, context) stored with every event."""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+# Longer input cannot become a valid address (254) or phone number; refuse it before parsing.
+MAX_RAW_EMAIL_LENGTH = 320
+MAX_RAW_PHONE_LENGTH = 64
+
+# C0 and C1 controls except tab, newline and carriage return (NUL included: PostgreSQL rejects
+# it in text and JSONB), and lone surrogates, which UTF-8 cannot encode.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def normalize_email(value: object) -> str | None:
+    """The trimmed, lowercased address if its syntax is valid (no DNS lookup), else None."""
+    if not isinstance(value, str) or len(value) > MAX_RAW_EMAIL_LENGTH:
+        return None
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False, strict=True)
+    except EmailNotValidError:
+        return None
+    return checked.normalized.lower()
+
+
+def normalize_phone(value: object, default_region: str = "CN") -> str | None:
+    """The number in E.164 (`+8613800138000`) if it is a valid number, else None.
+
+    Numbers without a country code are read in `default_region`; an extension is dropped."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > MAX_RAW_PHONE_LENGTH:
+        return None
+    try:
+        number = phonenumbers.parse(value, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def strip_control_characters(value: str) -> str:
+    return CONTROL_CHARACTERS.sub("", value)
+
+
+def clean_json(value: object, max_string: int = 10_000, max_depth: int = 20) -> object:
+    """A copy of JSON data that is safe to store: control characters stripped from every string
+    and key, strings cut to `max_string` characters, and objects or arrays nested deeper than
+    `max_depth` replaced by null. Other values are kept as they are."""
+    return _clean(value, max_string, max_depth)
+
+
+def _clean(value: object, max_string: int, depth_left: int) -> object:
+    if isinstance(value, str):
+        return strip_control_characters(value)[:max_string]
+    if isinstance(value, dict):
+        if depth_left <= 0:
+            return None
+        return {
+            _clean(str(key), max_string, depth_left): _clean(item, max_string, depth_left - 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        if depth_left <= 0:
+            return None
+        return [_clean(item, max_string, depth_left - 1) for item in value]
+    return value

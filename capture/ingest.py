@@ -1,0 +1,708 @@
+"""The ingest worker: drains the capture queue in batches into contacts, visits and events.
+
+One batch is one transaction of set-based SQL: identities resolved in memory against one
+lookup, new rows inserted in bulk, profiles updated with one executemany. Queue entries are
+acked only after the commit, and messageIds already stored are skipped, so a redelivered or
+replayed batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from capture.enrichment import DeviceInfo, Touch, anonymize_ip, parse_user_agent
+from capture.identity import clean_json, normalize_email, normalize_phone
+from capture.merge import fold
+from capture.models import (
+    BotHit,
+    Company,
+    ConsentRecord,
+    Contact,
+    Event,
+    FormSubmission,
+    Identity,
+)
+from capture.queue import CaptureQueue, get_queue
+from capture.resolution import IdentityKey, KnownContact, Resolver
+from capture.visits import assign_visits
+from core import feed
+from core.clock import clock
+from core.db import dialect_insert, get_sessionmaker
+from core.models import table_of
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+ENTRIES_PER_BATCH = 200
+
+
+@dataclass
+class Message:
+    """One envelope from the queue, validated at capture and enriched here."""
+
+    source_id: uuid.UUID
+    message_id: str
+    type: str
+    name: str | None
+    timestamp: datetime
+    original_timestamp: datetime | None
+    received_at: datetime
+    anonymous_id: str | None
+    user_id: str | None
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    url: str | None
+    path: str | None
+    referrer: str | None
+    device: DeviceInfo
+    ip: str | None
+    raw_ip: str | None
+    keys: list[IdentityKey]
+    envelope: dict[str, Any]
+    contact_id: uuid.UUID = field(default=uuid.UUID(int=0))
+    visit_id: uuid.UUID | None = None
+    channel: str | None = None
+    touch: Touch | None = None  # set when this message opened a visit
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    bots: int = 0
+    new_contacts: int = 0
+    merges: int = 0
+
+
+def drain_queue(queue: CaptureQueue | None = None, consumer: str | None = None) -> int:
+    """Processes everything queued right now; returns how many events were stored."""
+    queue = queue or get_queue()
+    consumer = consumer or default_consumer_name()
+    total = 0
+    while True:
+        entries = queue.take(consumer, ENTRIES_PER_BATCH, 0)
+        if not entries:
+            return total
+        total += process_entries(queue, entries).stored
+
+
+def run_forever(block_ms: int = 1000) -> None:
+    """The ingest loop of `nurture worker`: block for entries, process, ack; until SIGTERM."""
+    running = True
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    queue = get_queue()
+    consumer = default_consumer_name()
+    log.info("ingest consumer %s started", consumer)
+    while running:
+        try:
+            entries = queue.take(consumer, ENTRIES_PER_BATCH, block_ms)
+            if entries:
+                process_entries(queue, entries)
+        except Exception:
+            # The entries stay pending and are reclaimed; a broken batch must not stop ingest.
+            log.exception("ingest batch failed; it will be retried")
+            time.sleep(1)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def process_entries(queue: CaptureQueue, entries: list[tuple[str, bytes]]) -> BatchResult:
+    envelopes: list[dict[str, Any]] = []
+    for _entry_id, payload in entries:
+        envelopes.extend(orjson.loads(payload))
+    with get_sessionmaker()() as session:
+        result = ingest(session, envelopes)
+        session.commit()
+    queue.ack([entry_id for entry_id, _ in entries])
+    return result
+
+
+def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
+    """Stores one batch of envelopes; flushes, the caller commits."""
+    result = BatchResult()
+    anonymize = get_settings().anonymize_ip
+    messages: list[Message] = []
+    bot_hits: Counter[tuple[uuid.UUID, date, str]] = Counter()
+    for envelope in envelopes:
+        message = parse_message(envelope, anonymize)
+        if message.device.is_bot:
+            bot_hits[
+                (message.source_id, message.timestamp.date(), message.device.bot_name or "")
+            ] += 1
+            continue
+        messages.append(message)
+    result.bots = sum(bot_hits.values())
+    record_bot_hits(session, bot_hits)
+
+    fresh = skip_already_stored(session, messages)
+    result.duplicates = len(messages) - len(fresh)
+    if not fresh:
+        session.flush()
+        return result
+    fresh.sort(key=lambda m: m.timestamp)
+
+    resolver = resolve_identities(session, fresh)
+    plan = resolver.result
+    write_identities(session, fresh, resolver)
+    if plan.merges:
+        contacts = {
+            c.id: c
+            for c in session.scalars(
+                select(Contact).where(
+                    Contact.id.in_(
+                        set(plan.merges) | {resolver.final_contact(w) for w in plan.merges.values()}
+                    )
+                )
+            )
+        }
+        fold(session, {loser: resolver.final_contact(loser) for loser in plan.merges}, contacts)
+    for message in fresh:
+        message.contact_id = resolver.final_contact(message.contact_id)
+
+    assign_visits(session, fresh)
+    stored = insert_events(session, fresh)
+    stored_ids = {(row.source_id, row.message_id) for row in stored}
+    kept = [m for m in fresh if (m.source_id, m.message_id) in stored_ids]
+    update_profiles(session, kept, plan.became_known)
+    record_groups(session, kept)
+    record_consents_and_forms(session, kept)
+    feed.publish(
+        session,
+        (
+            feed.Change(
+                feed.EVENT_STORED,
+                row.contact_id,
+                {"event_id": row.id, "type": row.type, "name": row.name},
+            )
+            for row in stored
+        ),
+    )
+    session.flush()
+    result.stored = len(stored)
+    result.new_contacts = len(plan.new_contacts)
+    result.merges = len(plan.merges)
+    return result
+
+
+def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
+    context = clean_json(envelope.get("context") or {})
+    properties = clean_json(envelope.get("properties") or {})
+    traits = clean_json(envelope.get("traits") or {})
+    assert isinstance(context, dict) and isinstance(properties, dict) and isinstance(traits, dict)
+    page = context["page"] if isinstance(context.get("page"), dict) else {}
+    kind = envelope["type"]
+
+    def page_field(name: str) -> str | None:
+        value = properties.get(name) if kind == "page" else None
+        value = value if isinstance(value, str) and value else page.get(name)
+        return value[:4000] if isinstance(value, str) and value else None
+
+    keys: list[IdentityKey] = []
+    if envelope.get("anonymousId"):
+        keys.append(("anonymous", envelope["anonymousId"]))
+    if envelope.get("userId"):
+        keys.append(("user_id", envelope["userId"]))
+    if kind == "alias" and envelope.get("previousId"):
+        keys.append(("anonymous", envelope["previousId"]))
+    if kind == "identify":
+        email = normalize_email(traits.get("email"))
+        phone = normalize_phone(traits.get("phone"))
+        if email:
+            keys.append(("email", email))
+            traits["email"] = email
+        if phone:
+            keys.append(("phone", phone))
+            traits["phone"] = phone
+
+    raw_ip = envelope.get("ip")
+    return Message(
+        source_id=uuid.UUID(envelope["sourceId"]),
+        message_id=envelope["messageId"],
+        type=kind,
+        name=envelope.get("event") or envelope.get("name"),
+        timestamp=datetime.fromisoformat(envelope["timestamp"]),
+        original_timestamp=_optional_time(envelope.get("originalTimestamp")),
+        received_at=datetime.fromisoformat(envelope["receivedAt"]),
+        anonymous_id=envelope.get("anonymousId"),
+        user_id=envelope.get("userId"),
+        properties=properties,
+        traits=traits,
+        context=context,
+        url=page_field("url"),
+        path=page_field("path"),
+        referrer=page_field("referrer"),
+        device=parse_user_agent(envelope.get("userAgent")),
+        ip=anonymize_ip(raw_ip) if anonymize else raw_ip,
+        raw_ip=raw_ip,
+        keys=keys,
+        envelope=envelope,
+    )
+
+
+def _optional_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def record_bot_hits(session: Session, hits: Counter[tuple[uuid.UUID, date, str]]) -> None:
+    if not hits:
+        return
+    stmt = dialect_insert(session, BotHit)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source_id", "day", "bot"],
+        set_={"hits": BotHit.hits + stmt.excluded.hits},
+    )
+    session.execute(
+        stmt,
+        [{"source_id": s, "day": d, "bot": b, "hits": n} for (s, d, b), n in hits.items()],
+    )
+
+
+def skip_already_stored(session: Session, messages: list[Message]) -> list[Message]:
+    """Drops messages whose (source, messageId) is stored already or repeats in this batch."""
+    seen: set[tuple[uuid.UUID, str]] = set()
+    unique: list[Message] = []
+    for message in messages:
+        key = (message.source_id, message.message_id)
+        if key not in seen:
+            seen.add(key)
+            unique.append(message)
+    stored: set[tuple[uuid.UUID, str]] = set()
+    for chunk in _chunks(list(seen), 1000):
+        stored.update(
+            (row.source_id, row.message_id)
+            for row in session.execute(
+                select(Event.source_id, Event.message_id).where(
+                    tuple_(Event.source_id, Event.message_id).in_(chunk)
+                )
+            )
+        )
+    return [m for m in unique if (m.source_id, m.message_id) not in stored]
+
+
+def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
+    all_keys = {key for message in messages for key in message.keys}
+    key_owner: dict[IdentityKey, uuid.UUID] = {}
+    for chunk in _chunks(list(all_keys), 1000):
+        for row in session.execute(
+            select(Identity.kind, Identity.value, Identity.contact_id).where(
+                tuple_(Identity.kind, Identity.value).in_(chunk)
+            )
+        ):
+            key_owner[(row.kind, row.value)] = row.contact_id
+    contacts: dict[uuid.UUID, KnownContact] = {}
+    owner_ids = list(set(key_owner.values()))
+    for chunk in _chunks(owner_ids, 1000):
+        for contact_id, is_known in session.execute(
+            select(Contact.id, Contact.is_known).where(Contact.id.in_(chunk))
+        ):
+            contacts[contact_id] = KnownContact(contact_id, is_known)
+    for chunk in _chunks(owner_ids, 1000):
+        for owner_id, user_id in session.execute(
+            select(Identity.contact_id, Identity.value).where(
+                Identity.contact_id.in_(chunk), Identity.kind == "user_id"
+            )
+        ):
+            contacts[owner_id].user_ids.add(user_id)
+    resolver = Resolver(key_owner, contacts)
+    for message in messages:
+        message.contact_id = resolver.resolve(message.keys)
+    return resolver
+
+
+def write_identities(session: Session, messages: list[Message], resolver: Resolver) -> None:
+    """Inserts new contacts and identities. On PostgreSQL a concurrent worker may have claimed
+    one of our new keys first; then our new contact folds into the owner it lost to."""
+    plan = resolver.result
+    first_seen: dict[uuid.UUID, datetime] = {}
+    for message in messages:
+        first_seen.setdefault(message.contact_id, message.timestamp)
+    now = clock.now()
+    if plan.new_contacts:
+        session.execute(
+            insert(Contact),
+            [
+                {
+                    "id": contact_id,
+                    "is_known": resolver.contacts[contact_id].is_known,
+                    "first_seen_at": first_seen.get(contact_id, now),
+                    "last_seen_at": first_seen.get(contact_id, now),
+                    "created_at": now,
+                    "updated_at": now,
+                    "traits": {},
+                    "tags": [],
+                    "event_counts": {},
+                }
+                for contact_id in plan.new_contacts
+            ],
+        )
+    if not plan.new_keys:
+        return
+    stmt = dialect_insert(session, Identity).on_conflict_do_nothing(
+        index_elements=["kind", "value"]
+    )
+    session.execute(
+        stmt,
+        [
+            {"kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
+            for (kind, value), contact_id in plan.new_keys.items()
+        ],
+    )
+    lost = _keys_taken_concurrently(session, plan.new_keys)
+    for key, owner in lost.items():
+        ours = plan.new_keys[key]
+        if ours in plan.new_contacts and ours != owner:
+            plan.merges[ours] = owner
+            resolver.contacts.setdefault(owner, KnownContact(owner, True))
+
+
+def _keys_taken_concurrently(
+    session: Session, new_keys: dict[IdentityKey, uuid.UUID]
+) -> dict[IdentityKey, uuid.UUID]:
+    taken: dict[IdentityKey, uuid.UUID] = {}
+    for chunk in _chunks(list(new_keys), 1000):
+        for row in session.execute(
+            select(Identity.kind, Identity.value, Identity.contact_id).where(
+                tuple_(Identity.kind, Identity.value).in_(chunk)
+            )
+        ):
+            key = (row.kind, row.value)
+            if row.contact_id != new_keys[key]:
+                taken[key] = row.contact_id
+    return taken
+
+
+def insert_events(session: Session, messages: list[Message]) -> list[Any]:
+    rows = [
+        {
+            "source_id": m.source_id,
+            "message_id": m.message_id,
+            "contact_id": m.contact_id,
+            "type": m.type,
+            "name": m.name,
+            "anonymous_id": m.anonymous_id,
+            "user_id": m.user_id,
+            "properties": m.traits if m.type == "identify" else m.properties,
+            "context": m.context,
+            "timestamp": m.timestamp,
+            "original_timestamp": m.original_timestamp,
+            "received_at": m.received_at,
+            "visit_id": m.visit_id,
+            "url": m.url,
+            "path": m.path,
+            "referrer": m.referrer,
+            "channel": m.channel,
+            "device_type": m.device.device_type,
+            "os": m.device.os,
+            "browser": m.device.browser,
+            "ip": m.ip,
+        }
+        for m in messages
+    ]
+    stmt = (
+        dialect_insert(session, Event)
+        .on_conflict_do_nothing(index_elements=["source_id", "message_id"])
+        .returning(
+            Event.id, Event.source_id, Event.message_id, Event.contact_id, Event.type, Event.name
+        )
+    )
+    return list(session.execute(stmt, rows))
+
+
+@dataclass
+class ProfileDelta:
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    page_views: int = 0
+    event_counts: Counter[str] = field(default_factory=Counter)
+    traits: dict[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    timezone: str | None = None
+    first_touch: tuple[datetime, str, str | None, str | None, str | None] | None = None
+    last_touch: tuple[datetime, str, str | None, str | None, str | None] | None = None
+
+
+def collect_deltas(messages: Iterable[Message]) -> dict[uuid.UUID, ProfileDelta]:
+    deltas: dict[uuid.UUID, ProfileDelta] = defaultdict(ProfileDelta)
+    for m in messages:
+        d = deltas[m.contact_id]
+        d.first_seen = m.timestamp if d.first_seen is None else min(d.first_seen, m.timestamp)
+        d.last_seen = m.timestamp if d.last_seen is None else max(d.last_seen, m.timestamp)
+        if m.type == "page":
+            d.page_views += 1
+        elif m.type == "track" and m.name:
+            d.event_counts[m.name] += 1
+        if m.type == "identify":
+            d.traits.update(m.traits)
+            d.email = m.traits.get("email") if "email" in m.traits else d.email
+            d.phone = m.traits.get("phone") if "phone" in m.traits else d.phone
+        if m.user_id:
+            d.user_id = m.user_id
+        tz = m.context.get("timezone")
+        if isinstance(tz, str) and valid_timezone(tz):
+            d.timezone = tz
+        touch = m.touch
+        if touch is not None:
+            entry = (m.timestamp, touch.channel, touch.source, touch.medium, touch.campaign)
+            if d.first_touch is None or entry[0] < d.first_touch[0]:
+                d.first_touch = entry
+            if d.last_touch is None or entry[0] >= d.last_touch[0]:
+                d.last_touch = entry
+    return deltas
+
+
+@lru_cache(maxsize=512)
+def valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+PROFILE_COLUMNS = (
+    Contact.id,
+    Contact.traits,
+    Contact.event_counts,
+    Contact.page_views,
+    Contact.first_seen_at,
+    Contact.last_seen_at,
+    Contact.first_touch_at,
+    Contact.first_touch_channel,
+    Contact.first_touch_source,
+    Contact.first_touch_medium,
+    Contact.first_touch_campaign,
+    Contact.last_touch_at,
+    Contact.last_touch_channel,
+    Contact.last_touch_source,
+    Contact.last_touch_medium,
+    Contact.last_touch_campaign,
+    Contact.user_id,
+    Contact.email,
+    Contact.phone,
+    Contact.timezone,
+    Contact.is_known,
+    Contact.lifecycle_stage,
+)
+
+
+def update_profiles(
+    session: Session, messages: list[Message], became_known: set[uuid.UUID]
+) -> None:
+    """Folds the batch into each contact's profile with one SELECT and one executemany."""
+    deltas = collect_deltas(messages)
+    if not deltas:
+        return
+    current = {}
+    for chunk in _chunks(list(deltas), 1000):
+        for row in session.execute(select(*PROFILE_COLUMNS).where(Contact.id.in_(chunk))):
+            current[row.id] = row
+    now = clock.now()
+    updates: list[dict[str, Any]] = []
+    trait_changes: list[feed.Change] = []
+    for contact_id, delta in deltas.items():
+        row = current[contact_id]
+        traits = dict(row.traits or {})
+        changed = {k: v for k, v in delta.traits.items() if traits.get(k) != v}
+        if changed:
+            trait_changes.append(
+                feed.Change(
+                    feed.TRAITS_CHANGED,
+                    contact_id,
+                    {"changed": {k: {"old": traits.get(k), "new": v} for k, v in changed.items()}},
+                )
+            )
+            traits.update(changed)
+        counts = dict(row.event_counts or {})
+        for name, count in delta.event_counts.items():
+            counts[name] = counts.get(name, 0) + count
+        first_touch = _touch_columns("first_touch", row, delta.first_touch, earliest=True)
+        last_touch = _touch_columns("last_touch", row, delta.last_touch, earliest=False)
+        is_known = bool(row.is_known or contact_id in became_known)
+        stage = row.lifecycle_stage or ("subscriber" if is_known else None)
+        updates.append(
+            {
+                "b_id": contact_id,
+                "traits": traits,
+                "event_counts": counts,
+                "page_views": (row.page_views or 0) + delta.page_views,
+                "first_seen_at": _min(row.first_seen_at, delta.first_seen),
+                "last_seen_at": _max(row.last_seen_at, delta.last_seen),
+                **first_touch,
+                **last_touch,
+                "user_id": delta.user_id or row.user_id,
+                "email": delta.email or row.email,
+                "phone": delta.phone or row.phone,
+                "timezone": delta.timezone or row.timezone,
+                "is_known": is_known,
+                "lifecycle_stage": stage,
+                "updated_at": now,
+            }
+        )
+    columns = [key for key in updates[0] if key != "b_id"]
+    session.execute(
+        update(table_of(Contact))
+        .where(table_of(Contact).c.id == bindparam("b_id"))
+        .values({name: bindparam(name) for name in columns}),
+        updates,
+    )
+    feed.publish(session, trait_changes)
+
+
+def _touch_columns(
+    prefix: str,
+    row: Any,
+    touch: tuple[datetime, str, str | None, str | None, str | None] | None,
+    earliest: bool,
+) -> dict[str, Any]:
+    current_at = getattr(row, f"{prefix}_at")
+    names = ("at", "channel", "source", "medium", "campaign")
+    keep = (
+        touch is None
+        or (current_at is not None and earliest and current_at <= touch[0])
+        or (current_at is not None and not earliest and current_at > touch[0])
+    )
+    if keep or touch is None:
+        return {f"{prefix}_{n}": getattr(row, f"{prefix}_{n}") for n in names}
+    return {f"{prefix}_{n}": value for n, value in zip(names, touch, strict=True)}
+
+
+def record_groups(session: Session, messages: list[Message]) -> None:
+    """`group` calls upsert the company and point the contact at it."""
+    groups = [m for m in messages if m.type == "group" and m.envelope.get("groupId")]
+    if not groups:
+        return
+    now = clock.now()
+    latest: dict[str, Message] = {m.envelope["groupId"]: m for m in groups}
+    stmt = dialect_insert(session, Company)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["group_id"],
+        set_={"traits": stmt.excluded.traits, "name": stmt.excluded.name, "updated_at": now},
+    )
+    session.execute(
+        stmt,
+        [
+            {
+                "id": uuid.uuid4(),
+                "group_id": group_id,
+                "name": str(m.traits.get("name"))[:300] if m.traits.get("name") else None,
+                "traits": m.traits,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for group_id, m in latest.items()
+        ],
+    )
+    company_ids = dict(
+        session.execute(
+            select(Company.group_id, Company.id).where(Company.group_id.in_(list(latest)))
+        ).all()
+    )
+    session.execute(
+        update(table_of(Contact))
+        .where(table_of(Contact).c.id == bindparam("b_id"))
+        .values(company_id=bindparam("company_id")),
+        [
+            {"b_id": m.contact_id, "company_id": company_ids[m.envelope["groupId"]]}
+            for m in {m.contact_id: m for m in groups}.values()
+        ],
+    )
+
+
+def record_consents_and_forms(session: Session, messages: list[Message]) -> None:
+    """Form submissions arrive as identify envelopes carrying consent decisions and the
+    submission id; the consent proof keeps the full IP (it is the legal record)."""
+    consent_rows: list[dict[str, Any]] = []
+    submissions: list[dict[str, Any]] = []
+    for m in messages:
+        for consent in m.envelope.get("consents") or []:
+            consent_rows.append(
+                {
+                    "contact_id": m.contact_id,
+                    "channel": consent["channel"],
+                    "granted": bool(consent["granted"]),
+                    "text": consent["text"],
+                    "source_id": m.source_id,
+                    "form_id": uuid.UUID(consent["formId"]) if consent.get("formId") else None,
+                    "ip": m.raw_ip,
+                    "page_url": consent.get("pageUrl"),
+                    "recorded_at": m.timestamp,
+                }
+            )
+        if m.envelope.get("formSubmissionId") is not None:
+            submissions.append(
+                {"b_id": int(m.envelope["formSubmissionId"]), "contact_id": m.contact_id}
+            )
+    if consent_rows:
+        session.execute(insert(ConsentRecord), consent_rows)
+        latest: dict[tuple[uuid.UUID, str], bool] = {}
+        for row in sorted(consent_rows, key=lambda r: r["recorded_at"]):
+            latest[(row["contact_id"], row["channel"])] = row["granted"]
+        for channel in ("email", "sms"):
+            decided = [
+                {"b_id": cid, "value": "granted" if granted else "denied"}
+                for (cid, ch), granted in latest.items()
+                if ch == channel
+            ]
+            if decided:
+                column = table_of(Contact).c[f"{channel}_consent"]
+                session.execute(
+                    update(table_of(Contact))
+                    .where(table_of(Contact).c.id == bindparam("b_id"))
+                    .values({column.name: bindparam("value")}),
+                    decided,
+                )
+    if submissions:
+        session.execute(
+            update(table_of(FormSubmission))
+            .where(table_of(FormSubmission).c.id == bindparam("b_id"))
+            .values(contact_id=bindparam("contact_id")),
+            submissions,
+        )
+        promoted = {s["contact_id"] for s in submissions}
+        session.execute(
+            update(Contact)
+            .where(
+                Contact.id.in_(promoted),
+                (Contact.lifecycle_stage.is_(None)) | (Contact.lifecycle_stage == "subscriber"),
+            )
+            .values(lifecycle_stage="lead")
+        )
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)

@@ -1,0 +1,182 @@
+"""Visits (sessions): a run of a contact's events with no gap longer than the timeout.
+
+A visit starts when the gap is exceeded or when a message arrives with campaign data that
+differs from the current visit's (a new ad click is a new visit, as in GA). Its first page's
+URL and referrer decide the visit's channel, source and campaign.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
+
+from capture.enrichment import Touch, touch_for
+from capture.models import Visit
+from core.models import table_of
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from capture.ingest import Message
+
+DIRECT = Touch("direct", None, None, None, None, None, None, None, None)
+
+
+@dataclass
+class OpenVisit:
+    id: uuid.UUID
+    source_id: uuid.UUID
+    contact_id: uuid.UUID
+    started_at: datetime
+    last_event_at: datetime
+    channel: str
+    utm_source: str | None
+    utm_campaign: str | None
+    click_id: str | None
+    page_views: int
+    event_count: int
+    is_new: bool
+
+
+def assign_visits(session: Session, messages: list[Message]) -> None:
+    """Sets visit_id, channel and (for visit-opening messages) touch on each message, then
+    writes new and extended visits in bulk. Messages must be in timestamp order."""
+    timeout = timedelta(minutes=get_settings().session_timeout_minutes)
+    current = latest_visits(session, {m.contact_id for m in messages})
+    touched: dict[uuid.UUID, OpenVisit] = {}
+    for m in messages:
+        visit = current.get(m.contact_id)
+        in_session = visit is not None and m.timestamp - visit.last_event_at <= timeout
+        touch = touch_for(m.url, m.referrer, _campaign(m)) if m.url else None
+        if m.url is None and not in_session:
+            continue  # a server-side call outside any visit belongs to no visit
+        if not in_session or (touch is not None and _new_campaign(touch, visit)):
+            touch = touch or DIRECT
+            visit = _open(m, touch)
+            current[m.contact_id] = visit
+            m.touch = touch
+        assert visit is not None
+        visit.last_event_at = max(visit.last_event_at, m.timestamp)
+        visit.event_count += 1
+        visit.page_views += 1 if m.type == "page" else 0
+        m.visit_id = visit.id
+        m.channel = visit.channel
+        touched[visit.id] = visit
+    write_visits(session, touched.values(), messages)
+
+
+def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UUID, OpenVisit]:
+    if not contact_ids:
+        return {}
+    newer = aliased(Visit)
+    latest_time = (
+        select(func.max(newer.last_event_at))
+        .where(newer.contact_id == Visit.contact_id)
+        .scalar_subquery()
+    )
+    found: dict[uuid.UUID, OpenVisit] = {}
+    ids = list(contact_ids)
+    for start in range(0, len(ids), 1000):
+        rows = session.execute(
+            select(Visit).where(
+                Visit.contact_id.in_(ids[start : start + 1000]),
+                Visit.last_event_at == latest_time,
+            )
+        ).scalars()
+        for v in rows:
+            found[v.contact_id] = OpenVisit(
+                v.id, v.source_id, v.contact_id, v.started_at, v.last_event_at, v.channel,
+                v.utm_source, v.utm_campaign, v.click_id, v.page_views, v.event_count, False,
+            )  # fmt: skip
+    return found
+
+
+def _campaign(message: Message) -> dict[str, Any] | None:
+    campaign = message.context.get("campaign")
+    return campaign if isinstance(campaign, dict) else None
+
+
+def _new_campaign(touch: Touch, visit: OpenVisit | None) -> bool:
+    if visit is None or not (touch.campaign or touch.click_id or touch.medium):
+        return False
+    return (touch.source, touch.campaign, touch.click_id) != (
+        visit.utm_source,
+        visit.utm_campaign,
+        visit.click_id,
+    )
+
+
+def _open(message: Message, touch: Touch) -> OpenVisit:
+    visit = OpenVisit(
+        id=uuid.uuid4(),
+        source_id=message.source_id,
+        contact_id=message.contact_id,
+        started_at=message.timestamp,
+        last_event_at=message.timestamp,
+        channel=touch.channel,
+        utm_source=touch.source,
+        utm_campaign=touch.campaign,
+        click_id=touch.click_id,
+        page_views=0,
+        event_count=0,
+        is_new=True,
+    )
+    return visit
+
+
+def write_visits(session: Session, visits: Any, messages: list[Message]) -> None:
+    openers = {m.visit_id: m for m in messages if m.touch is not None}
+    new_rows, changed_rows = [], []
+    for v in visits:
+        if v.is_new:
+            opener = openers[v.id]
+            touch = opener.touch
+            assert touch is not None
+            new_rows.append(
+                {
+                    "id": v.id,
+                    "contact_id": v.contact_id,
+                    "source_id": v.source_id,
+                    "started_at": v.started_at,
+                    "last_event_at": v.last_event_at,
+                    "channel": v.channel,
+                    "utm_source": touch.source,
+                    "utm_medium": touch.medium,
+                    "utm_campaign": touch.campaign,
+                    "utm_term": touch.term,
+                    "utm_content": touch.content,
+                    "click_id_kind": touch.click_id_kind,
+                    "click_id": touch.click_id,
+                    "landing_url": opener.url,
+                    "referrer": opener.referrer,
+                    "page_views": v.page_views,
+                    "event_count": v.event_count,
+                }
+            )
+        else:
+            changed_rows.append(
+                {
+                    "b_id": v.id,
+                    "last_event_at": v.last_event_at,
+                    "page_views": v.page_views,
+                    "event_count": v.event_count,
+                }
+            )
+    if new_rows:
+        session.execute(insert(Visit), new_rows)
+    if changed_rows:
+        table = table_of(Visit)
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                last_event_at=bindparam("last_event_at"),
+                page_views=bindparam("page_views"),
+                event_count=bindparam("event_count"),
+            ),
+            changed_rows,
+        )

@@ -21,6 +21,7 @@ from capture.identity import strip_control_characters
 MAX_VALUE_LENGTH = 200
 # ua-parser runs many regexes over the whole string: a bound keeps a hostile header cheap.
 MAX_USER_AGENT_LENGTH = 1000
+MAX_IP_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,17 @@ def _with_version(family: str, version: str, parts: int) -> str | None:
 
 
 def anonymize_ip(ip: str | None) -> str | None:
-    """Zeroes the host part of an address: the last octet of IPv4, all but 48 bits of IPv6."""
-    if not isinstance(ip, str):
+    """Zeroes the host part of an address: the last octet of IPv4, all but 48 bits of IPv6
+    (Google Analytics' rule); None for anything that is not an IP address."""
+    if not isinstance(ip, str) or len(ip) > MAX_IP_LENGTH:
         return None
+    return _anonymize_ip_text(ip.strip())
+
+
+@lru_cache(maxsize=4096)
+def _anonymize_ip_text(ip: str) -> str | None:
     try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip.strip())
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

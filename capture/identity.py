@@ -46,7 +46,8 @@ def normalize_phone(value: object, default_region: str = "CN") -> str | None:
 
 
 def strip_control_characters(value: str) -> str:
-    return CONTROL_CHARACTERS.sub("", value)
+    # isprintable() is false for every character the pattern removes, and much faster.
+    return value if value.isprintable() else CONTROL_CHARACTERS.sub("", value)
 
 
 def clean_json(value: object, max_string: int = 10_000, max_depth: int = 20) -> object:
@@ -58,12 +59,12 @@ def clean_json(value: object, max_string: int = 10_000, max_depth: int = 20) -> 
 
 def _clean(value: object, max_string: int, depth_left: int) -> object:
     if isinstance(value, str):
-        return strip_control_characters(value)[:max_string]
+        return _clean_string(value, max_string)
     if isinstance(value, dict):
         if depth_left <= 0:
             return None
         return {
-            _clean(str(key), max_string, depth_left): _clean(item, max_string, depth_left - 1)
+            _clean_string(str(key), max_string): _clean(item, max_string, depth_left - 1)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
@@ -71,3 +72,7 @@ def _clean(value: object, max_string: int, depth_left: int) -> object:
             return None
         return [_clean(item, max_string, depth_left - 1) for item in value]
     return value
+
+
+def _clean_string(value: str, max_string: int) -> str:
+    return strip_control_characters(value)[:max_string]

@@ -8,6 +8,7 @@ replayed batch changes nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -238,7 +239,7 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
             keys.append(("phone", phone))
             traits["phone"] = phone
 
-    raw_ip = envelope.get("ip")
+    raw_ip = valid_ip(envelope.get("ip"))
     return Message(
         source_id=uuid.UUID(envelope["sourceId"]),
         message_id=envelope["messageId"],
@@ -261,6 +262,14 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
         keys=keys,
         envelope=envelope,
     )
+
+
+@lru_cache(maxsize=4096)
+def valid_ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _optional_time(value: str | None) -> datetime | None:

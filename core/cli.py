@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--workers", type=int, default=1)
     worker = commands.add_parser("worker", help="Celery worker and the capture ingest loop")
     worker.add_argument("--concurrency", type=int, default=2)
-    commands.add_parser("scheduler", help="the beat scheduler")
+    worker.add_argument("--loglevel", default="info")
+    scheduler = commands.add_parser("scheduler", help="the beat scheduler")
+    scheduler.add_argument("--loglevel", default="info")
     commands.add_parser("migrate", help="apply database migrations")
 
     sources = commands.add_parser("sources", help="manage sources").add_subparsers(
@@ -117,8 +119,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _ingest_process() -> None:
+    import logging
+
     from capture.ingest import run_forever
 
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s: %(levelname)s/ingest] %(message)s"
+    )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_forever()
 
@@ -133,7 +140,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     pool = ["--pool=threads"] if get_settings().is_embedded else []
     try:
         celery_app.worker_main(
-            ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", *pool]
+            ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", *pool]
         )
     finally:
         ingest.terminate()
@@ -141,10 +148,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scheduler(_args: argparse.Namespace) -> int:
+def cmd_scheduler(args: argparse.Namespace) -> int:
     from worker.app import celery_app
 
-    celery_app.start(["beat", "--loglevel=INFO"])
+    celery_app.start(["beat", f"--loglevel={args.loglevel}"])
     return 0
 
 
@@ -156,8 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     exe = [sys.executable, "-m", "core.cli"]
     children = [
         subprocess.Popen([*exe, "serve", "--host", host, "--port", str(port)]),  # noqa: S603
-        subprocess.Popen([*exe, "worker", "--concurrency", "2"]),  # noqa: S603
-        subprocess.Popen([*exe, "scheduler"]),  # noqa: S603
+        subprocess.Popen([*exe, "worker", "--loglevel", "warning"]),  # noqa: S603
+        subprocess.Popen([*exe, "scheduler", "--loglevel", "warning"]),  # noqa: S603
     ]
     print(
         f"\nNurture is listening on http://{host}:{port} (API docs: http://{host}:{port}/docs)\n"

@@ -43,9 +43,7 @@ def send(client: TestClient, write_key: str, *messages: dict) -> None:
 
 def contacts() -> list[Contact]:
     with session_scope() as session:
-        return list(
-            session.scalars(select(Contact).where(Contact.merged_into_id.is_(None)))
-        )
+        return list(session.scalars(select(Contact).where(Contact.merged_into_id.is_(None))))
 
 
 def events_of(contact_id: uuid.UUID) -> list[Event]:
@@ -265,7 +263,10 @@ def test_change_feed_records_events_and_trait_changes(client, write_key):
     kinds = [r.kind for r in records]
     assert kinds.count(feed.EVENT_STORED) == 3
     changes = [r.payload["changed"] for r in records if r.kind == feed.TRAITS_CHANGED]
-    assert changes == [{"plan": {"old": None, "new": "free"}}, {"plan": {"old": "free", "new": "pro"}}]
+    assert changes == [
+        {"plan": {"old": None, "new": "free"}},
+        {"plan": {"old": "free", "new": "pro"}},
+    ]
 
 
 def test_control_characters_are_stripped_before_storage(client, write_key):

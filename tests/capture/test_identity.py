@@ -1,0 +1,188 @@
+import pytest
+
+from capture.identity import (
+    clean_json,
+    normalize_email,
+    normalize_phone,
+    strip_control_characters,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ada@example.com", "ada@example.com"),
+        ("  Ada.Lovelace@Example.COM \n", "ada.lovelace@example.com"),
+        ("ZHANG.Wei+crm@QQ.com", "zhang.wei+crm@qq.com"),
+        ("a@b.co", "a@b.co"),
+        ("user_name-1@mail.163.com", "user_name-1@mail.163.com"),
+        ("张伟@例子.中国", "张伟@例子.中国"),
+        ("a@xn--fsqu00a.xn--fiqs8s", "a@例子.中国"),
+        ("a" * 64 + "@example.com", "a" * 64 + "@example.com"),
+    ],
+)
+def test_valid_emails_are_normalized(value, expected):
+    assert normalize_email(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        42,
+        ["a@example.com"],
+        "",
+        "   ",
+        "plainaddress",
+        "@example.com",
+        "ada@",
+        "ada@@example.com",
+        "ada@bob@example.com",
+        "ada lovelace@example.com",
+        "ada@exa mple.com",
+        "ada@localhost",
+        "ada@example",
+        "ada..lovelace@example.com",
+        ".ada@example.com",
+        "ada.@example.com",
+        "ada@-example.com",
+        "ada@example-.com",
+        "ada@exa_mple.com",
+        '"ada lovelace"@example.com',
+        "ada@[192.0.2.1]",
+        "ada\x00@example.com",
+        "a" * 65 + "@example.com",
+        "a@" + "b" * 250 + ".com",
+        "a" * 5000 + "@example.com",
+    ],
+)
+def test_invalid_emails_are_rejected(value):
+    assert normalize_email(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("13800138000", "+8613800138000"),
+        ("138-0013-8000", "+8613800138000"),
+        ("138 0013 8000", "+8613800138000"),
+        ("(138) 0013-8000", "+8613800138000"),
+        ("+86 138 0013 8000", "+8613800138000"),
+        ("+86-138-0013-8000", "+8613800138000"),
+        ("008613800138000", "+8613800138000"),
+        ("0086 138 0013 8000", "+8613800138000"),
+        ("8613800138000", "+8613800138000"),
+        ("86 138 0013 8000", "+8613800138000"),
+        ("１３８００１３８０００", "+8613800138000"),
+        (" 13800138000 ", "+8613800138000"),
+        (13800138000, "+8613800138000"),
+        ("19912345678", "+8619912345678"),
+        ("010-12345678", "+861012345678"),
+        ("+1 650-253-0000", "+16502530000"),
+        ("+44 20 7946 0958", "+442079460958"),
+        ("+86 138 0013 8000 ext. 12", "+8613800138000"),
+    ],
+)
+def test_valid_phones_become_e164(value, expected):
+    assert normalize_phone(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        1.5,
+        "",
+        "   ",
+        "abc",
+        "12345",
+        "1380013800",
+        "138001380001",
+        "11111111111",
+        "+86 000 0000 0000",
+        "+999 1234 5678",
+        "1" * 100,
+    ],
+)
+def test_invalid_phones_are_rejected(value):
+    assert normalize_phone(value) is None
+
+
+def test_phone_default_region_reads_national_numbers():
+    assert normalize_phone("(650) 253-0000", default_region="US") == "+16502530000"
+    assert normalize_phone("(650) 253-0000") is None
+    assert normalize_phone("+8613800138000", default_region="US") == "+8613800138000"
+
+
+def test_phone_with_unknown_default_region_needs_a_country_code():
+    assert normalize_phone("13800138000", default_region="ZZ") is None
+    assert normalize_phone("+8613800138000", default_region="ZZ") == "+8613800138000"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "plain"),
+        ("tab\tnew\nline\r", "tab\tnew\nline\r"),
+        ("nul\x00byte", "nulbyte"),
+        ("bell\x07esc\x1b[0m", "bellesc[0m"),
+        ("del\x7f", "del"),
+        ("c1\x85\x9fend", "c1end"),
+        ("lone\ud800surrogate", "lonesurrogate"),
+        ("中文 😀 ok", "中文 😀 ok"),
+        ("\u200bzero-width", "\u200bzero-width"),
+    ],
+)
+def test_strip_control_characters(value, expected):
+    assert strip_control_characters(value) == expected
+
+
+def test_clean_json_strips_strings_and_keys_at_every_level():
+    value = {"na\x00me": "A\x00da", "list": ["x\x01", {"k\x02": "v\x03"}], "n": 1, "ok": True}
+    assert clean_json(value) == {
+        "name": "Ada",
+        "list": ["x", {"k": "v"}],
+        "n": 1,
+        "ok": True,
+    }
+
+
+def test_clean_json_returns_a_copy():
+    original = {"a": {"b": ["c"]}}
+    cleaned = clean_json(original)
+    cleaned["a"]["b"].append("d")
+    assert original == {"a": {"b": ["c"]}}
+
+
+def test_clean_json_truncates_long_strings_and_keys():
+    cleaned = clean_json({"k" * 20: "v" * 20, "short": "ok"}, max_string=5)
+    assert cleaned == {"kkkkk": "vvvvv", "short": "ok"}
+
+
+def test_clean_json_default_string_limit():
+    cleaned = clean_json({"text": "x" * 20_000})
+    assert cleaned == {"text": "x" * 10_000}
+
+
+def test_clean_json_cuts_nesting_deeper_than_max_depth():
+    assert clean_json({"a": {"b": {"c": 1}}}, max_depth=2) == {"a": {"b": None}}
+    assert clean_json([[[1]]], max_depth=2) == [[None]]
+    assert clean_json({"a": {"b": {"c": 1}}}, max_depth=3) == {"a": {"b": {"c": 1}}}
+
+
+def test_clean_json_survives_pathological_nesting():
+    deep: object = "leaf"
+    for _ in range(10_000):
+        deep = [deep]
+    cleaned = clean_json(deep)
+    depth = 0
+    while isinstance(cleaned, list):
+        cleaned = cleaned[0]
+        depth += 1
+    assert (depth, cleaned) == (20, None)
+
+
+@pytest.mark.parametrize("value", [None, 0, -1.5, True, False, "s", [], {}])
+def test_clean_json_keeps_scalars_and_empty_containers(value):
+    assert clean_json(value) == value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
@@ -15,6 +16,9 @@ MAX_RAW_PHONE_LENGTH = 64
 # C0 and C1 controls except tab, newline and carriage return (NUL included: PostgreSQL rejects
 # it in text and JSONB), and lone surrogates, which UTF-8 cannot encode.
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# What those characters look like once orjson has encoded them: \u00XX escapes, \b and \f,
+# raw DEL and raw C1 bytes (lone surrogates make orjson raise instead).
+_ENCODED_CONTROL = re.compile(rb"\\u00|\\[bf]|\x7f|\xc2[\x80-\x9f]")
 
 
 def normalize_email(value: object) -> str | None:
@@ -51,10 +55,26 @@ def strip_control_characters(value: str) -> str:
 
 
 def clean_json(value: object, max_string: int = 10_000, max_depth: int = 20) -> object:
-    """A copy of JSON data that is safe to store: control characters stripped from every string
-    and key, strings cut to `max_string` characters, and objects or arrays nested deeper than
-    `max_depth` replaced by null. Other values are kept as they are."""
+    """JSON data that is safe to store: control characters stripped from every string and key,
+    strings cut to `max_string` characters, and objects or arrays nested deeper than
+    `max_depth` replaced by null. Clean input comes back as it is; anything changed is a copy."""
+    if isinstance(value, dict | list) and _already_clean(value, max_string, max_depth):
+        return value
     return _clean(value, max_string, max_depth)
+
+
+def _already_clean(value: dict | list, max_string: int, max_depth: int) -> bool:
+    # Ingest cleans every event's JSON; one encode and a byte scan settle the common case
+    # (nothing to change) far faster than walking the tree. Each test is conservative.
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+    return (
+        len(encoded) <= max_string
+        and encoded.count(b"{") + encoded.count(b"[") <= max_depth
+        and _ENCODED_CONTROL.search(encoded) is None
+    )
 
 
 def _clean(value: object, max_string: int, depth_left: int) -> object:

@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from capture.enrichment import DeviceInfo, Touch, anonymize_ip, parse_user_agent
@@ -44,7 +44,7 @@ from capture.resolution import IdentityKey, KnownContact, Resolver
 from capture.visits import assign_visits
 from core import feed
 from core.clock import clock
-from core.db import dialect_insert, get_sessionmaker
+from core.db import bulk_insert, dialect_insert, get_sessionmaker, insert_new
 from core.models import table_of
 from core.settings import get_settings
 
@@ -279,10 +279,11 @@ def _optional_time(value: str | None) -> datetime | None:
 def record_bot_hits(session: Session, hits: Counter[tuple[uuid.UUID, date, str]]) -> None:
     if not hits:
         return
-    stmt = dialect_insert(session, BotHit)
+    table = table_of(BotHit)
+    stmt = dialect_insert(session, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["source_id", "day", "bot"],
-        set_={"hits": BotHit.hits + stmt.excluded.hits},
+        set_={"hits": table.c.hits + stmt.excluded.hits},
     )
     session.execute(
         stmt,
@@ -351,8 +352,9 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
         first_seen.setdefault(message.contact_id, message.timestamp)
     now = clock.now()
     if plan.new_contacts:
-        session.execute(
-            insert(Contact),
+        bulk_insert(
+            session,
+            table_of(Contact),
             [
                 {
                     "id": contact_id,
@@ -370,38 +372,32 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
         )
     if not plan.new_keys:
         return
-    stmt = dialect_insert(session, Identity).on_conflict_do_nothing(
-        index_elements=["kind", "value"]
+    rows = [
+        {"kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
+        for (kind, value), contact_id in plan.new_keys.items()
+    ]
+    went_in = insert_new(
+        session,
+        table_of(Identity),
+        rows,
+        conflict_columns=("kind", "value"),
+        returning=("kind", "value"),
+        owner_column="contact_id",
     )
-    session.execute(
-        stmt,
-        [
-            {"kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
-            for (kind, value), contact_id in plan.new_keys.items()
-        ],
-    )
-    lost = _keys_taken_concurrently(session, plan.new_keys)
-    for key, owner in lost.items():
-        ours = plan.new_keys[key]
-        if ours in plan.new_contacts and ours != owner:
-            plan.merges[ours] = owner
-            resolver.contacts.setdefault(owner, KnownContact(owner, True))
-
-
-def _keys_taken_concurrently(
-    session: Session, new_keys: dict[IdentityKey, uuid.UUID]
-) -> dict[IdentityKey, uuid.UUID]:
-    taken: dict[IdentityKey, uuid.UUID] = {}
-    for chunk in _chunks(list(new_keys), 1000):
+    if len(went_in) == len(rows):
+        return
+    inserted = {(row.kind, row.value) for row in went_in}
+    lost = [key for key in plan.new_keys if key not in inserted]
+    for chunk in _chunks(lost, 1000):
         for row in session.execute(
             select(Identity.kind, Identity.value, Identity.contact_id).where(
                 tuple_(Identity.kind, Identity.value).in_(chunk)
             )
         ):
-            key = (row.kind, row.value)
-            if row.contact_id != new_keys[key]:
-                taken[key] = row.contact_id
-    return taken
+            ours = plan.new_keys[(row.kind, row.value)]
+            if ours in plan.new_contacts and ours != row.contact_id:
+                plan.merges[ours] = row.contact_id
+                resolver.contacts.setdefault(row.contact_id, KnownContact(row.contact_id, True))
 
 
 def insert_events(session: Session, messages: list[Message]) -> list[Any]:
@@ -431,14 +427,14 @@ def insert_events(session: Session, messages: list[Message]) -> list[Any]:
         }
         for m in messages
     ]
-    stmt = (
-        dialect_insert(session, Event)
-        .on_conflict_do_nothing(index_elements=["source_id", "message_id"])
-        .returning(
-            Event.id, Event.source_id, Event.message_id, Event.contact_id, Event.type, Event.name
-        )
+    return insert_new(
+        session,
+        table_of(Event),
+        rows,
+        conflict_columns=("source_id", "message_id"),
+        returning=("id", "source_id", "message_id", "contact_id", "type", "name"),
+        owner_column="contact_id",
     )
-    return list(session.execute(stmt, rows))
 
 
 @dataclass
@@ -608,7 +604,7 @@ def record_groups(session: Session, messages: list[Message]) -> None:
         return
     now = clock.now()
     latest: dict[str, Message] = {m.envelope["groupId"]: m for m in groups}
-    stmt = dialect_insert(session, Company)
+    stmt = dialect_insert(session, table_of(Company))
     stmt = stmt.on_conflict_do_update(
         index_elements=["group_id"],
         set_={"traits": stmt.excluded.traits, "name": stmt.excluded.name, "updated_at": now},
@@ -668,7 +664,7 @@ def record_consents_and_forms(session: Session, messages: list[Message]) -> None
                 {"b_id": int(m.envelope["formSubmissionId"]), "contact_id": m.contact_id}
             )
     if consent_rows:
-        session.execute(insert(ConsentRecord), consent_rows)
+        bulk_insert(session, table_of(ConsentRecord), consent_rows)
         latest: dict[tuple[uuid.UUID, str], bool] = {}
         for row in sorted(consent_rows, key=lambda r: r["recorded_at"]):
             latest[(row["contact_id"], row["channel"])] = row["granted"]

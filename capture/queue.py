@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import anyio.to_thread
 import redis
 import redis.asyncio as aioredis
 
 from core.settings import Settings, get_settings
 
 INGEST_GROUP = "ingest"
+# A Redis that drops packets must turn into a quick 503, not a hung request.
+REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 CLAIM_TIMEOUT_SECONDS = 60
 
 
@@ -39,20 +42,18 @@ class CaptureQueue(Protocol):
 
 
 class RedisStreamQueue:
-    def __init__(
-        self, url: str, stream: str, claim_timeout: float = CLAIM_TIMEOUT_SECONDS
-    ) -> None:
+    def __init__(self, url: str, stream: str, claim_timeout: float = CLAIM_TIMEOUT_SECONDS) -> None:
         self.stream = stream
         self.claim_timeout = claim_timeout
         self._url = url
-        self._sync = redis.Redis.from_url(url)
+        self._sync = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
         self._async: aioredis.Redis | None = None
         self._group_ready = False
 
     def _async_client(self) -> aioredis.Redis:
         # One async client per event loop user; created lazily inside the running loop.
         if self._async is None:
-            self._async = aioredis.Redis.from_url(self._url)
+            self._async = aioredis.Redis.from_url(self._url, **REDIS_TIMEOUTS)
         return self._async
 
     async def put(self, payload: bytes) -> None:
@@ -106,16 +107,21 @@ class SqliteQueue:
     """Embedded queue: a WAL-mode SQLite file with synchronous=FULL, so a 2xx survives a crash."""
 
     def __init__(self, path: Path, claim_timeout: float = CLAIM_TIMEOUT_SECONDS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueUnavailable(str(exc)) from exc
         self.path = path
         self.claim_timeout = claim_timeout
         self._local = threading.local()
-        with self._connection() as conn:
-            conn.execute(
+        try:
+            self._connection().execute(
                 "CREATE TABLE IF NOT EXISTS capture_queue ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,"
                 " claimed_at REAL, claimed_by TEXT)"
             )
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -127,7 +133,8 @@ class SqliteQueue:
         return conn
 
     async def put(self, payload: bytes) -> None:
-        self.put_sync(payload)
+        # The fsync behind synchronous=FULL must not stall the event loop.
+        await anyio.to_thread.run_sync(self.put_sync, payload)
 
     def put_sync(self, payload: bytes) -> None:
         try:

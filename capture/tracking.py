@@ -2,11 +2,16 @@
 
 Hand-written rather than pydantic because this is the hottest path in the service and the
 checks are simple; errors still name the field (`batch.3.userId`).
+
+Normalisation (documented in the README): U+0000 is removed from every string and key
+(PostgreSQL cannot store it); other control characters are refused in ids and names but
+kept in properties, traits and context; a timestamp more than `max_clock_skew_seconds`
+ahead of the server is replaced by `receivedAt`, the sent value kept as `originalTimestamp`.
 """
 
 from __future__ import annotations
 
-import gzip
+import re
 import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -17,6 +22,9 @@ import orjson
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 MAX_ID_LENGTH = 200
 MAX_NAME_LENGTH = 200
+MAX_TIMESTAMP_LENGTH = 40
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+ESCAPED_NUL = b"\\u0000"
 
 
 class CaptureError(Exception):
@@ -28,19 +36,26 @@ class CaptureError(Exception):
         self.fields = fields or {}
 
 
+def too_large(limit: int) -> CaptureError:
+    return CaptureError(413, "too_large", f"the body is larger than {limit} bytes")
+
+
 def decode_body(body: bytes, content_encoding: str, limit: int) -> dict[str, Any]:
     """Gunzips (bounded, so a small bomb cannot expand past the limit) and parses JSON."""
     if len(body) > limit:
-        raise CaptureError(413, "too_large", f"the body is larger than {limit} bytes")
-    if content_encoding.strip().lower() == "gzip":
+        raise too_large(limit)
+    encoding = content_encoding.strip().lower()
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
             body = inflater.decompress(body, limit + 1)
-        except (zlib.error, gzip.BadGzipFile) as exc:
+        except zlib.error as exc:
             raise CaptureError(400, "invalid_gzip", "the body is not valid gzip") from exc
         if len(body) > limit or inflater.unconsumed_tail:
-            raise CaptureError(413, "too_large", f"the body is larger than {limit} bytes")
-    elif content_encoding.strip() not in ("", "identity"):
+            raise too_large(limit)
+        if not inflater.eof:
+            raise CaptureError(400, "invalid_gzip", "the gzip body is truncated")
+    elif encoding not in ("", "identity"):
         raise CaptureError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
     try:
         parsed = orjson.loads(body)
@@ -48,16 +63,35 @@ def decode_body(body: bytes, content_encoding: str, limit: int) -> dict[str, Any
         raise CaptureError(400, "invalid_json", f"the body is not valid JSON: {exc.msg}") from exc
     if not isinstance(parsed, dict):
         raise CaptureError(400, "invalid_json", "the body must be a JSON object")
+    # A NUL can only come from a \u0000 escape (JSON forbids raw control characters), so
+    # the byte search keeps the walk off the hot path.
+    if ESCAPED_NUL in body:
+        parsed = without_nul(parsed)
     return parsed
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    if value is None:
+def without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key.replace("\x00", ""): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
+
+
+def parse_timestamp(value: Any, field: str, errors: dict[str, str]) -> datetime | None:
+    if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 40:
-        raise ValueError("must be an ISO 8601 date-time string")
-    parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_LENGTH:
+        errors[field] = "must be an ISO 8601 date-time string"
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        errors[field] = "is not a valid ISO 8601 date-time"
+        return None
 
 
 def _id(value: Any, field: str, errors: dict[str, str]) -> str | None:
@@ -66,9 +100,12 @@ def _id(value: Any, field: str, errors: dict[str, str]) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         errors[field] = "must be a string"
         return None
-    text = str(value)
+    text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID_LENGTH:
         errors[field] = f"must be at most {MAX_ID_LENGTH} characters"
+        return None
+    if not text.isprintable() and CONTROL_CHARACTERS.search(text):
+        errors[field] = "must not contain control characters"
         return None
     return text
 
@@ -93,7 +130,29 @@ def _name(value: Any, field: str, errors: dict[str, str], required: bool) -> str
     if len(value) > MAX_NAME_LENGTH:
         errors[field] = f"must be at most {MAX_NAME_LENGTH} characters"
         return None
+    if not value.isprintable() and CONTROL_CHARACTERS.search(value):
+        errors[field] = "must not contain control characters"
+        return None
     return value
+
+
+def corrected_timestamp(
+    original: datetime | None,
+    sent_at: datetime | None,
+    received_at: datetime,
+    max_skew: timedelta,
+) -> datetime:
+    """Segment's clock-skew correction: the device clock may be wrong, but the gap between
+    the event and the send is measured on that same clock, so it carries over."""
+    if original is None:
+        return received_at
+    timestamp = original
+    if sent_at is not None:
+        try:
+            timestamp = received_at - (sent_at - original)
+        except OverflowError:
+            return received_at
+    return received_at if timestamp > received_at + max_skew else timestamp
 
 
 def build_envelope(
@@ -105,7 +164,10 @@ def build_envelope(
     max_skew: timedelta,
     errors: dict[str, str],
 ) -> dict[str, Any] | None:
-    """Validates one Segment message; returns the queue envelope or records errors."""
+    """Validates one Segment message; returns the queue envelope or records errors.
+
+    `request_meta` holds sourceId, ip, userAgent, sentAt and receivedAt (already a string).
+    """
     before = len(errors)
     if kind is None:
         kind = message.get("type")
@@ -114,12 +176,13 @@ def build_envelope(
             return None
     user_id = _id(message.get("userId"), prefix + "userId", errors)
     anonymous_id = _id(message.get("anonymousId"), prefix + "anonymousId", errors)
-    if user_id is None and anonymous_id is None and prefix + "userId" not in errors:
+    if user_id is None and anonymous_id is None and len(errors) == before:
         errors[prefix + "userId"] = "userId or anonymousId is required"
     message_id = _id(message.get("messageId"), prefix + "messageId", errors)
     properties = _object(message.get("properties"), prefix + "properties", errors)
     traits = _object(message.get("traits"), prefix + "traits", errors)
     context = _object(message.get("context"), prefix + "context", errors)
+    integrations = _object(message.get("integrations"), prefix + "integrations", errors)
     event = _name(message.get("event"), prefix + "event", errors, required=kind == "track")
     name = _name(message.get("name"), prefix + "name", errors, required=False)
     group_id = _id(message.get("groupId"), prefix + "groupId", errors)
@@ -130,27 +193,18 @@ def build_envelope(
         errors[prefix + "previousId"] = "is required for alias"
     if kind == "alias" and user_id is None and prefix + "userId" not in errors:
         errors[prefix + "userId"] = "is required for alias"
-    try:
-        original = parse_timestamp(message.get("timestamp"))
-    except ValueError as exc:
-        errors[prefix + "timestamp"] = str(exc) if "ISO" in str(exc) else "is not a valid date-time"
-        original = None
-    try:
-        sent_at = parse_timestamp(message.get("sentAt") or request_meta.get("sentAt"))
-    except ValueError:
-        errors[prefix + "sentAt"] = "is not a valid date-time"
-        sent_at = None
+    original = parse_timestamp(message.get("timestamp"), prefix + "timestamp", errors)
+    sent_at = request_meta["sentAt"]
+    if "sentAt" in message:
+        sent_at = parse_timestamp(message["sentAt"], prefix + "sentAt", errors)
     if len(errors) > before:
         return None
 
-    # Segment's clock-skew correction: the device clock may be wrong, but the gap between
-    # the event and the send is measured on that same clock, so it carries over.
-    timestamp = original or received_at
-    if original is not None and sent_at is not None:
-        timestamp = received_at - (sent_at - original)
-    if timestamp > received_at + max_skew:
-        timestamp = received_at
-
+    if kind == "identify" and not traits and isinstance(context.get("traits"), dict):
+        traits = context["traits"]
+    ip = context.get("ip")
+    user_agent = context.get("userAgent")
+    timestamp = corrected_timestamp(original, sent_at, received_at, max_skew)
     return {
         "type": kind,
         "messageId": message_id or str(uuid.uuid4()),
@@ -159,19 +213,29 @@ def build_envelope(
         "event": event,
         "name": name,
         "properties": properties,
-        "traits": traits if traits or kind != "identify" else context.get("traits") or {},
+        "traits": traits,
         "context": context,
+        "integrations": integrations,
         "groupId": group_id,
         "previousId": previous_id,
-        "timestamp": timestamp.isoformat(),
+        "timestamp": request_meta["receivedAt"]
+        if timestamp is received_at
+        else timestamp.isoformat(),
         "originalTimestamp": original.isoformat() if original else None,
-        "receivedAt": received_at.isoformat(),
+        "receivedAt": request_meta["receivedAt"],
         "sourceId": request_meta["sourceId"],
-        "ip": context.get("ip") if isinstance(context.get("ip"), str) else request_meta["ip"],
-        "userAgent": context.get("userAgent")
-        if isinstance(context.get("userAgent"), str)
-        else request_meta["userAgent"],
+        "ip": ip if isinstance(ip, str) else request_meta["ip"],
+        "userAgent": user_agent if isinstance(user_agent, str) else request_meta["userAgent"],
     }
+
+
+def request_sent_at(body: dict[str, Any]) -> datetime | None:
+    """The body's `sentAt`, shared by every message of a batch that has none of its own."""
+    errors: dict[str, str] = {}
+    sent_at = parse_timestamp(body.get("sentAt"), "sentAt", errors)
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
+    return sent_at
 
 
 def envelopes_for_batch(
@@ -183,22 +247,36 @@ def envelopes_for_batch(
 ) -> list[dict[str, Any]]:
     batch = body.get("batch")
     if not isinstance(batch, list) or not batch:
-        raise CaptureError(422, "invalid", "batch must be a non-empty list", {"batch": "required"})
-    shared_context = body.get("context") if isinstance(body.get("context"), dict) else None
-    shared_integrations = body.get("integrations")
+        raise CaptureError(
+            422, "invalid", "batch must be a non-empty list", {"batch": "must be a non-empty list"}
+        )
+    request_meta = {
+        **request_meta,
+        "sentAt": request_sent_at(body),
+        "receivedAt": received_at.isoformat(),
+    }
     errors: dict[str, str] = {}
+    shared_context = _object(body.get("context"), "context", errors)
+    shared_integrations = _object(body.get("integrations"), "integrations", errors)
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
     envelopes: list[dict[str, Any]] = []
     for index, item in enumerate(batch):
         prefix = f"batch.{index}."
         if not isinstance(item, dict):
-            errors[prefix.rstrip(".")] = "must be a JSON object"
+            errors[f"batch.{index}"] = "must be a JSON object"
             continue
-        if max_event_bytes and len(orjson.dumps(item)) > max_event_bytes:
-            errors[prefix.rstrip(".")] = f"is larger than {max_event_bytes} bytes"
-            continue
-        if shared_context:
-            item = {**item, "context": {**shared_context, **(item.get("context") or {})}}
-        if isinstance(shared_integrations, dict) and "integrations" not in item:
+        if len(orjson.dumps(item)) > max_event_bytes:
+            raise CaptureError(
+                413,
+                "too_large",
+                f"batch.{index} is larger than {max_event_bytes} bytes",
+                {f"batch.{index}": f"is larger than {max_event_bytes} bytes"},
+            )
+        own_context = item.get("context")
+        if shared_context and (own_context is None or isinstance(own_context, dict)):
+            item = {**item, "context": {**shared_context, **(own_context or {})}}
+        if shared_integrations and "integrations" not in item:
             item = {**item, "integrations": shared_integrations}
         envelope = build_envelope(item, None, prefix, received_at, request_meta, max_skew, errors)
         if envelope is not None:
@@ -216,6 +294,7 @@ def envelope_for_single(
     max_skew: timedelta,
 ) -> dict[str, Any]:
     errors: dict[str, str] = {}
+    request_meta = {**request_meta, "sentAt": None, "receivedAt": received_at.isoformat()}
     envelope = build_envelope(body, kind, "", received_at, request_meta, max_skew, errors)
     if envelope is None:
         raise CaptureError(422, "invalid", _summary(errors), errors)

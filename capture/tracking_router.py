@@ -8,28 +8,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from datetime import timedelta
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from capture.queue import QueueUnavailable, get_queue
+from capture.queue import get_queue
 from capture.sources import SourceInfo, normalize_origin, write_keys
 from capture.tracking import (
     CaptureError,
     decode_body,
     envelope_for_single,
     envelopes_for_batch,
+    too_large,
 )
 from core.clock import clock
 from core.keys import ADMIN_KEY_PREFIX
 from core.settings import get_settings
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["tracking"])
 
 SUCCESS = orjson.dumps({"success": True})
 SINGLE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+QUEUE_UNAVAILABLE = CaptureError(503, "unavailable", "the event queue is unavailable; retry later")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -53,7 +57,7 @@ def write_key_from(request: Request, body: dict[str, Any] | None) -> str | None:
         if username:
             return username
     if body is not None and isinstance(body.get("writeKey"), str):
-        return str(body["writeKey"])
+        return body["writeKey"]
     return None
 
 
@@ -77,13 +81,27 @@ def cors_headers(request: Request, source: SourceInfo) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
-def request_meta(request: Request, source: SourceInfo, body: dict[str, Any]) -> dict[str, Any]:
+def request_meta(request: Request, source: SourceInfo) -> dict[str, Any]:
     return {
         "sourceId": str(source.id),
         "ip": request.client.host if request.client else None,
         "userAgent": request.headers.get("user-agent"),
-        "sentAt": body.get("sentAt"),
     }
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Reads at most `limit` bytes: a larger body is refused before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def accept(request: Request, kind: str) -> Response:
@@ -91,26 +109,28 @@ async def accept(request: Request, kind: str) -> Response:
     headers: dict[str, str] = {}
     try:
         limit = settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes
-        body = decode_body(await request.body(), request.headers.get("content-encoding", ""), limit)
+        raw = await read_body(request, limit)
+        body = decode_body(raw, request.headers.get("content-encoding", ""), limit)
         source = authenticate(write_key_from(request, body))
         headers = cors_headers(request, source)
         if source.honor_do_not_track and request.headers.get("dnt") == "1":
             return json_response(SUCCESS, headers=headers)
         received_at = clock.now()
-        meta = request_meta(request, source, body)
+        meta = request_meta(request, source)
         skew = timedelta(seconds=settings.max_clock_skew_seconds)
         if kind == "batch":
             envelopes = envelopes_for_batch(body, received_at, meta, skew, settings.max_event_bytes)
         else:
             envelopes = [envelope_for_single(body, kind, received_at, meta, skew)]
-        await get_queue().put(orjson.dumps(envelopes))
     except CaptureError as error:
         return capture_error_response(error, headers)
-    except QueueUnavailable:
-        return capture_error_response(
-            CaptureError(503, "unavailable", "the event queue is unavailable; retry later"),
-            {**headers, "Retry-After": "1"},
-        )
+    try:
+        await get_queue().put(orjson.dumps(envelopes))
+    except Exception as exc:
+        # Whatever stopped the queue (Redis down, an unwritable file), these events are not
+        # stored, so the client must hear 503 and retry them rather than a 2xx or a 500.
+        log.warning("capture queue unavailable: %r", exc)
+        return capture_error_response(QUEUE_UNAVAILABLE, {**headers, "Retry-After": "1"})
     return json_response(SUCCESS, headers=headers)
 
 

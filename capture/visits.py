@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from capture.enrichment import Touch, touch_for
+from capture.enrichment import CLICK_ID_KINDS, Touch, touch_for
 from capture.models import Visit
+from core.db import bulk_insert
 from core.models import table_of
 from core.settings import get_settings
 
@@ -51,9 +52,11 @@ def assign_visits(session: Session, messages: list[Message]) -> None:
     for m in messages:
         visit = current.get(m.contact_id)
         in_session = visit is not None and m.timestamp - visit.last_event_at <= timeout
-        touch = touch_for(m.url, m.referrer, _campaign(m)) if m.url else None
         if m.url is None and not in_session:
             continue  # a server-side call outside any visit belongs to no visit
+        touch = None
+        if m.url is not None and (not in_session or _may_start_campaign(m)):
+            touch = touch_for(m.url, m.referrer, _campaign(m))
         if not in_session or (touch is not None and _new_campaign(touch, visit)):
             touch = touch or DIRECT
             visit = _open(m, touch)
@@ -93,6 +96,17 @@ def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UU
                 v.utm_source, v.utm_campaign, v.click_id, v.page_views, v.event_count, False,
             )  # fmt: skip
     return found
+
+
+def _may_start_campaign(message: Message) -> bool:
+    """Cheap test that spares parsing the URL of the many in-session page views with no
+    campaign data; only a message with campaign data can open a new visit mid-session."""
+    url = message.url or ""
+    return (
+        _campaign(message) is not None
+        or "utm_" in url
+        or any(kind.param in url for kind in CLICK_ID_KINDS)
+    )
 
 
 def _campaign(message: Message) -> dict[str, Any] | None:
@@ -167,7 +181,7 @@ def write_visits(session: Session, visits: Any, messages: list[Message]) -> None
                 }
             )
     if new_rows:
-        session.execute(insert(Visit), new_rows)
+        bulk_insert(session, table_of(Visit), new_rows)
     if changed_rows:
         table = table_of(Visit)
         session.execute(

@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument(
         "--role", required=True, choices=["admin", "marketer", "manager", "rep", "finance"]
     )
+    simulate = commands.add_parser(
+        "simulate", help="load a simulated population with known ground truth (scoring/simulation)"
+    )
+    simulate.add_argument("--contacts", type=int, default=10_000)
+    simulate.add_argument("--days", type=int, default=180)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--end", default=None, help="ISO date the period ends (default today)")
+    simulate.add_argument("--via", choices=["batch", "capture"], default="batch")
     return parser
 
 
@@ -64,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "sources": cmd_sources,
         "keys": cmd_keys,
+        "simulate": cmd_simulate,
     }[args.command]
     return handler(args) or 0
 
@@ -100,6 +109,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
         api_key, plain = create_api_key(session, args.name, Role(args.role))
         out = {"id": str(api_key.id), "name": api_key.name, "role": api_key.role, "key": plain}
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from scoring.simulation import SimulationError, simulate
+
+    end = datetime.fromisoformat(args.end).replace(tzinfo=UTC) if args.end else None
+    try:
+        summary = simulate(args.contacts, args.days, args.seed, end=end, via=args.via)
+    except SimulationError as exc:
+        print(f"nurture simulate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(summary), indent=2))
     return 0
 
 

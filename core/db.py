@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,3 +111,116 @@ def dialect_insert(session_or_engine: Session | Engine, table: Any) -> Any:
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Inserts many rows at once: COPY on PostgreSQL, executemany elsewhere. Every row has the
+    same keys; columns left out get their Python-side defaults."""
+    if not rows:
+        return
+    if not is_postgres(session):
+        session.execute(insert(table), rows)
+        return
+    rows = _with_defaults(table, rows)
+    columns = list(rows[0])
+    json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
+    copy_rows(
+        session,
+        table.name,
+        columns,
+        ([_json_dumps(row[c]) if c in json_columns else row[c] for c in columns] for row in rows),
+    )
+
+
+def insert_new(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    conflict_columns: Sequence[str],
+    returning: Sequence[str],
+    owner_column: str,
+) -> list[Any]:
+    """INSERT … ON CONFLICT DO NOTHING for many rows; returns the rows that went in (a row whose
+    key a concurrent transaction took first keeps that transaction's `owner_column`)."""
+    if not rows:
+        return []
+    if is_postgres(session):
+        return _insert_new_by_copy(session, table, rows, conflict_columns, returning)
+    session.execute(dialect_insert(session, table).on_conflict_do_nothing(), rows)
+    # INSERT … RETURNING under executemany is slow in SQLAlchemy; read back what went in.
+    ours = {tuple(row[c] for c in conflict_columns): row[owner_column] for row in rows}
+    key = tuple_(*(table.c[c] for c in conflict_columns))
+    stored: list[Any] = []
+    keys = list(ours)
+    for start in range(0, len(keys), 500):
+        found = session.execute(
+            select(*(table.c[c] for c in {*returning, *conflict_columns, owner_column})).where(
+                key.in_(keys[start : start + 500])
+            )
+        )
+        stored.extend(
+            row
+            for row in found
+            if ours[tuple(getattr(row, c) for c in conflict_columns)] == getattr(row, owner_column)
+        )
+    return stored
+
+
+def _insert_new_by_copy(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    conflict_columns: Sequence[str],
+    returning: Sequence[str],
+) -> list[Any]:
+    """COPY into a transaction-local staging table, then one INSERT … SELECT … RETURNING."""
+    rows = _with_defaults(table, rows)
+    columns = ", ".join(rows[0])
+    staging_name = f"staging_{table.name}"
+    session.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging_name} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {table.name} WITH NO DATA"
+        )
+    )
+    staging = Table(
+        staging_name, MetaData(), *(Column(c.name, c.type) for c in table.c if c.name in rows[0])
+    )
+    bulk_insert(session, staging, rows)
+    stored = session.execute(
+        text(
+            f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging_name} "
+            f"ON CONFLICT ({', '.join(conflict_columns)}) DO NOTHING "
+            f"RETURNING {', '.join(returning)}"
+        )
+    ).all()
+    session.execute(text(f"TRUNCATE {staging_name}"))
+    return list(stored)
+
+
+def _with_defaults(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    defaults = {
+        column.name: column.default
+        for column in table.c
+        if column.name not in rows[0] and column.default is not None
+    }
+    if not defaults:
+        return rows
+    return [
+        {**row, **{name: _default_value(default) for name, default in defaults.items()}}
+        for row in rows
+    ]
+
+
+def _default_value(default: Any) -> Any:
+    return default.arg(None) if default.is_callable else default.arg
+
+
+def copy_rows(
+    session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Bulk-loads rows with PostgreSQL's COPY, the fastest way in; JSON values go as text."""
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, Uuid, insert, select
+from sqlalchemy import BigInteger, String, Uuid, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.clock import clock
-from core.models import Base, BigIntId, utcnow
+from core.db import bulk_insert
+from core.models import Base, BigIntId, table_of, utcnow
 
 EVENT_STORED = "event_stored"
 TRAITS_CHANGED = "traits_changed"
@@ -66,7 +67,7 @@ def publish(session: Session, changes: Iterable[Change]) -> None:
         for c in changes
     ]
     if rows:
-        session.execute(insert(ChangeRecord), rows)
+        bulk_insert(session, table_of(ChangeRecord), rows)
 
 
 def read_since(session: Session, last_id: int, limit: int) -> list[ChangeRecord]:

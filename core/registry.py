@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import attribution.db_models
 import capture.models
+import channels.models
 import core.feed
 import core.keys
+import scoring.models
 from core.models import Base
 
-MODULES = (capture.models, core.feed, core.keys)
+MODULES = (
+    attribution.db_models,
+    capture.models,
+    channels.models,
+    core.feed,
+    core.keys,
+    scoring.models,
+)
 metadata = Base.metadata

@@ -148,11 +148,30 @@ def test_clean_json_strips_strings_and_keys_at_every_level():
     }
 
 
-def test_clean_json_returns_a_copy():
-    original = {"a": {"b": ["c"]}}
-    cleaned = clean_json(original)
-    cleaned["a"]["b"].append("d")
-    assert original == {"a": {"b": ["c"]}}
+def test_clean_json_leaves_clean_data_untouched_and_copies_what_it_changes():
+    clean = {"a": {"b": ["c"]}, "n": 1.5, "t": "tab\tand\nnewline", "zh": "制造业"}
+    assert clean_json(clean) is clean
+    dirty = {"a": {"b": ["c\u0000"]}}
+    cleaned = clean_json(dirty)
+    assert cleaned == {"a": {"b": ["c"]}}
+    assert dirty == {"a": {"b": ["c\u0000"]}}
+
+
+@pytest.mark.parametrize(
+    "dirty",
+    [
+        {"x": "bell\u0007"},
+        {"x": "back\u0008space"},
+        {"x": "form\u000cfeed"},
+        {"x": "del\u007f"},
+        {"x": "c1\u0085"},
+        {"x": "lone\ud800"},
+        {"k\u0001": "key"},
+        [[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]],
+    ],
+)
+def test_clean_json_fast_path_never_lets_a_dirty_value_through(dirty):
+    assert clean_json(dirty) is not dirty
 
 
 def test_clean_json_truncates_long_strings_and_keys():

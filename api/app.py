@@ -6,7 +6,15 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from api.errors import install_error_handlers
+from api.keys_router import router as keys_router
+from attribution.router import router as attribution_router
+from capture.forms_router import admin_router as forms_admin_router
+from capture.forms_router import public_router as forms_public_router
+from capture.router import router as capture_admin_router
+from capture.snippet_router import router as snippet_router
+from capture.tracking_router import CaptureFastPath
 from capture.tracking_router import router as tracking_router
+from channels.router import router as channels_router
 
 
 def create_app() -> FastAPI:
@@ -18,7 +26,15 @@ def create_app() -> FastAPI:
         default_response_class=ORJSONResponse,
     )
     install_error_handlers(app)
+    app.add_middleware(CaptureFastPath)
+    app.include_router(attribution_router)
     app.include_router(tracking_router)
+    app.include_router(capture_admin_router)
+    app.include_router(keys_router)
+    app.include_router(snippet_router)
+    app.include_router(forms_public_router)
+    app.include_router(forms_admin_router)
+    app.include_router(channels_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

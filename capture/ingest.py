@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from capture.enrichment import DeviceInfo, Touch, anonymize_ip, parse_user_agent
@@ -44,13 +44,16 @@ from capture.resolution import IdentityKey, KnownContact, Resolver
 from capture.visits import assign_visits
 from core import feed
 from core.clock import clock
-from core.db import bulk_insert, dialect_insert, get_sessionmaker, insert_new
+from core.db import bulk_insert, dialect_insert, get_sessionmaker, insert_new, is_postgres
 from core.models import table_of
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-ENTRIES_PER_BATCH = 200
+ENTRIES_PER_TAKE = 200
+# About 2,000 typical events: large enough to amortise each set-based statement, small
+# enough to keep a batch's memory and transaction short.
+BATCH_BYTES = 1_000_000
 
 
 @dataclass
@@ -98,10 +101,24 @@ def drain_queue(queue: CaptureQueue | None = None, consumer: str | None = None) 
     consumer = consumer or default_consumer_name()
     total = 0
     while True:
-        entries = queue.take(consumer, ENTRIES_PER_BATCH, 0)
+        entries = take_batch(queue, consumer, 0)
         if not entries:
             return total
         total += process_entries(queue, entries).stored
+
+
+def take_batch(queue: CaptureQueue, consumer: str, block_ms: int) -> list[tuple[str, bytes]]:
+    """Entries hold one request each (one event or a whole batch); take them until the
+    batch is worth a transaction."""
+    entries = queue.take(consumer, ENTRIES_PER_TAKE, block_ms)
+    size = sum(len(payload) for _, payload in entries)
+    while entries and size < BATCH_BYTES:
+        more = queue.take(consumer, ENTRIES_PER_TAKE, 0)
+        if not more:
+            break
+        entries.extend(more)
+        size += sum(len(payload) for _, payload in more)
+    return entries
 
 
 def run_forever(block_ms: int = 1000) -> None:
@@ -118,7 +135,7 @@ def run_forever(block_ms: int = 1000) -> None:
     log.info("ingest consumer %s started", consumer)
     while running:
         try:
-            entries = queue.take(consumer, ENTRIES_PER_BATCH, block_ms)
+            entries = take_batch(queue, consumer, block_ms)
             if entries:
                 process_entries(queue, entries)
         except Exception:
@@ -300,16 +317,20 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
         if key not in seen:
             seen.add(key)
             unique.append(message)
+    message_ids = list({message_id for _, message_id in seen})
     stored: set[tuple[uuid.UUID, str]] = set()
-    for chunk in _chunks(list(seen), 1000):
-        stored.update(
-            (row.source_id, row.message_id)
-            for row in session.execute(
-                select(Event.source_id, Event.message_id).where(
-                    tuple_(Event.source_id, Event.message_id).in_(chunk)
-                )
-            )
+    if is_postgres(session):
+        rows: Iterable[Any] = session.execute(
+            text("SELECT source_id, message_id FROM events WHERE message_id = ANY(:ids)"),
+            {"ids": message_ids},
         )
+        stored.update((row.source_id, row.message_id) for row in rows)
+    else:
+        for chunk in _chunks(message_ids, 500):
+            rows = session.execute(
+                select(Event.source_id, Event.message_id).where(Event.message_id.in_(chunk))
+            )
+            stored.update((row.source_id, row.message_id) for row in rows)
     return [m for m in unique if (m.source_id, m.message_id) not in stored]
 
 
@@ -431,7 +452,7 @@ def insert_events(session: Session, messages: list[Message]) -> list[Any]:
         session,
         table_of(Event),
         rows,
-        conflict_columns=("source_id", "message_id"),
+        conflict_columns=("message_id", "source_id"),
         returning=("id", "source_id", "message_id", "contact_id", "type", "name"),
         owner_column="contact_id",
     )

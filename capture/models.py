@@ -105,7 +105,8 @@ class Event(Base):
 
     __tablename__ = "events"
     __table_args__ = (
-        UniqueConstraint("source_id", "message_id"),
+        # message_id first, so the duplicate check can look message ids up on their own.
+        UniqueConstraint("message_id", "source_id"),
         Index("ix_events_contact_timestamp", "contact_id", "timestamp"),
         Index("ix_events_name_timestamp", "name", "timestamp"),
     )

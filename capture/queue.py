@@ -7,6 +7,7 @@ claim/ack semantics. An entry is one accepted request: a list of event envelopes
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -21,7 +22,8 @@ from core.settings import Settings, get_settings
 
 INGEST_GROUP = "ingest"
 # A Redis that drops packets must turn into a quick 503, not a hung request.
-REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+CONNECT_TIMEOUT_SECONDS = 2.0
+SOCKET_TIMEOUT_SECONDS = 5.0
 CLAIM_TIMEOUT_SECONDS = 60
 
 
@@ -46,21 +48,52 @@ class RedisStreamQueue:
         self.stream = stream
         self.claim_timeout = claim_timeout
         self._url = url
-        self._sync = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
+        self._sync = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        )
         self._async: aioredis.Redis | None = None
         self._group_ready = False
+        self._waiting: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     def _async_client(self) -> aioredis.Redis:
         # One async client per event loop user; created lazily inside the running loop.
         if self._async is None:
-            self._async = aioredis.Redis.from_url(self._url, **REDIS_TIMEOUTS)
+            self._async = aioredis.Redis.from_url(
+                self._url,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            )
         return self._async
 
     async def put(self, payload: bytes) -> None:
+        """Returns once Redis has the entry. Puts made in the same event-loop tick go to Redis
+        in one pipeline: far fewer round trips under load, and each caller still waits for
+        its own entry's answer."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((payload, done))
+        if len(self._waiting) == 1:
+            sending = loop.create_task(self._send_waiting())
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+        await done
+
+    async def _send_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        pipe = self._async_client().pipeline(transaction=False)
+        for payload, _ in waiting:
+            pipe.xadd(self.stream, {"d": payload})
         try:
-            await self._async_client().xadd(self.stream, {"d": payload})
+            await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            raise QueueUnavailable(str(exc)) from exc
+            for _, done in waiting:
+                done.set_exception(QueueUnavailable(str(exc)))
+            return
+        for _, done in waiting:
+            done.set_result(None)
 
     def put_sync(self, payload: bytes) -> None:
         try:

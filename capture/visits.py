@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -56,7 +57,12 @@ def assign_visits(session: Session, messages: list[Message]) -> None:
             continue  # a server-side call outside any visit belongs to no visit
         touch = None
         if m.url is not None and (not in_session or _may_start_campaign(m)):
-            touch = touch_for(m.url, m.referrer, _campaign(m))
+            campaign = _campaign(m)
+            touch = (
+                touch_for(m.url, m.referrer, campaign)
+                if campaign
+                else _touch_of_page(m.url, m.referrer)
+            )
         if not in_session or (touch is not None and _new_campaign(touch, visit)):
             touch = touch or DIRECT
             visit = _open(m, touch)
@@ -96,6 +102,12 @@ def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UU
                 v.utm_source, v.utm_campaign, v.click_id, v.page_views, v.event_count, False,
             )  # fmt: skip
     return found
+
+
+@lru_cache(maxsize=8192)
+def _touch_of_page(url: str, referrer: str | None) -> Touch:
+    # Landing URLs and referrers repeat across visitors (the same ad, the same search page).
+    return touch_for(url, referrer)
 
 
 def _may_start_campaign(message: Message) -> bool:

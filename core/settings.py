@@ -34,7 +34,6 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: int = 300
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
-    ingest_batch_size: int = 2000
     capture_stream: str = "nurture:capture"
 
     @model_validator(mode="after")

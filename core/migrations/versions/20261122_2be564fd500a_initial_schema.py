@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: a63976131448
+Revision ID: 2be564fd500a
 Revises: 
-Create Date: 2026-11-22 21:15:41.772050
+Create Date: 2026-11-22 21:34:39.641511
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'a63976131448'
+revision: str = '2be564fd500a'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -157,6 +157,7 @@ def upgrade() -> None:
     sa.Column('first_time_only', sa.Boolean(), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('scored_version', sa.Integer(), nullable=False),
     sa.Column('deleted_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
@@ -479,7 +480,7 @@ def upgrade() -> None:
     sa.Column('ip', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_events_contact_id_contacts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_events')),
-    sa.UniqueConstraint('source_id', 'message_id', name=op.f('uq_events_source_id_message_id'))
+    sa.UniqueConstraint('message_id', 'source_id', name=op.f('uq_events_message_id_source_id'))
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_contact_timestamp', ['contact_id', 'timestamp'], unique=False)
@@ -551,7 +552,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.create_index('ix_score_ledger_contact_occurred', ['contact_id', 'occurred_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_score_ledger_rule_id'), ['rule_id'], unique=False)
 
     op.create_table('sim_contacts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -615,6 +615,9 @@ def upgrade() -> None:
     sa.Column('touch_ref', sa.String(length=64), nullable=False),
     sa.Column('credit_fen', sa.BigInteger(), nullable=False),
     sa.Column('share', sa.Float(), nullable=False),
+    sa.Column('value_fen', sa.BigInteger(), nullable=False),
+    sa.Column('first_for_channel', sa.Boolean(), nullable=False),
+    sa.Column('first_for_campaign', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['conversion_id'], ['attribution_conversions.id'], name=op.f('fk_attribution_credits_conversion_id_attribution_conversions'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['run_id'], ['attribution_credit_runs.id'], name=op.f('fk_attribution_credits_run_id_attribution_credit_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_attribution_credits'))
@@ -702,7 +705,6 @@ def downgrade() -> None:
 
     op.drop_table('sim_contacts')
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_score_ledger_rule_id'))
         batch_op.drop_index('ix_score_ledger_contact_occurred')
 
     op.drop_table('score_ledger')

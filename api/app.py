@@ -15,6 +15,7 @@ from capture.snippet_router import router as snippet_router
 from capture.tracking_router import CaptureFastPath
 from capture.tracking_router import router as tracking_router
 from channels.router import router as channels_router
+from scoring.router import router as scoring_router
 
 
 def create_app() -> FastAPI:
@@ -24,6 +25,8 @@ def create_app() -> FastAPI:
         description="Marketing automation and lead nurturing. Admin API under /api/v1; "
         "Segment-compatible tracking API under /v1.",
         default_response_class=ORJSONResponse,
+        # Not used yet; FastAPI would otherwise probe OpenTelemetry on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_middleware(CaptureFastPath)
@@ -35,6 +38,7 @@ def create_app() -> FastAPI:
     app.include_router(forms_public_router)
     app.include_router(forms_admin_router)
     app.include_router(channels_router)
+    app.include_router(scoring_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

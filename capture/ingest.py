@@ -44,7 +44,14 @@ from capture.resolution import IdentityKey, KnownContact, Resolver
 from capture.visits import assign_visits
 from core import feed
 from core.clock import clock
-from core.db import bulk_insert, dialect_insert, get_sessionmaker, insert_new, is_postgres
+from core.db import (
+    bulk_insert,
+    bulk_update,
+    dialect_insert,
+    get_sessionmaker,
+    insert_new,
+    is_postgres,
+)
 from core.models import table_of
 from core.settings import get_settings
 
@@ -573,7 +580,7 @@ def update_profiles(
         stage = row.lifecycle_stage or ("subscriber" if is_known else None)
         updates.append(
             {
-                "b_id": contact_id,
+                "id": contact_id,
                 "traits": traits,
                 "event_counts": counts,
                 "page_views": (row.page_views or 0) + delta.page_views,
@@ -590,13 +597,7 @@ def update_profiles(
                 "updated_at": now,
             }
         )
-    columns = [key for key in updates[0] if key != "b_id"]
-    session.execute(
-        update(table_of(Contact))
-        .where(table_of(Contact).c.id == bindparam("b_id"))
-        .values({name: bindparam(name) for name in columns}),
-        updates,
-    )
+    bulk_update(session, table_of(Contact), updates)
     feed.publish(session, trait_changes)
 
 

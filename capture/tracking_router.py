@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -37,18 +39,8 @@ SINGLE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 QUEUE_UNAVAILABLE = CaptureError(503, "unavailable", "the event queue is unavailable; retry later")
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return Response(content, status_code=status, media_type="application/json", headers=headers)
-
-
-def capture_error_response(error: CaptureError, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"code": error.code, "message": error.message, "fields": error.fields}}
-    return json_response(body, error.status, headers)
-
-
-def write_key_from(request: Request, body: dict[str, Any] | None) -> str | None:
-    header = request.headers.get("authorization", "")
+def write_key_from(headers: Mapping[str, str], body: dict[str, Any] | None) -> str | None:
+    header = headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() == "basic" and encoded:
         try:
@@ -73,8 +65,8 @@ def authenticate(write_key: str | None) -> SourceInfo:
     return source
 
 
-def cors_headers(request: Request, source: SourceInfo) -> dict[str, str]:
-    origin = request.headers.get("origin")
+def cors_headers(headers: Mapping[str, str], source: SourceInfo) -> dict[str, str]:
+    origin = headers.get("origin")
     if origin is None:
         return {}
     if normalize_origin(origin) not in source.allowed_origins:
@@ -92,52 +84,94 @@ def request_meta(request: Request, source: SourceInfo) -> dict[str, Any]:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Reads at most `limit` bytes: a larger body is refused before it is all in memory."""
-    declared = request.headers.get("content-length")
+    return await read_asgi_body(request.receive, request.headers, limit)
+
+
+async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise CaptureError(400, "disconnected", "the client went away mid-request")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def accept(request: Request, kind: str) -> Response:
+@dataclass(frozen=True)
+class Incoming:
+    """What accepting needs of a request, read once from the ASGI scope."""
+
+    headers: dict[str, str]  # lower-case names
+    client_ip: str | None
+    receive: Receive
+
+    @classmethod
+    def from_scope(cls, scope: Scope, receive: Receive) -> Incoming:
+        client = scope.get("client")
+        return cls(
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            client_ip=client[0] if client else None,
+            receive=receive,
+        )
+
+
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+def error_answer(error: CaptureError, headers: dict[str, str] | None = None) -> Answer:
+    body = {"error": {"code": error.code, "message": error.message, "fields": error.fields}}
+    return error.status, orjson.dumps(body), headers or {}
+
+
+async def accept(incoming: Incoming, kind: str) -> Answer:
     settings = get_settings()
     headers: dict[str, str] = {}
     try:
         limit = settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes
-        raw = await read_body(request, limit)
-        body = decode_body(raw, request.headers.get("content-encoding", ""), limit)
-        source = authenticate(write_key_from(request, body))
-        headers = cors_headers(request, source)
-        if source.honor_do_not_track and request.headers.get("dnt") == "1":
-            return json_response(SUCCESS, headers=headers)
+        raw = await read_asgi_body(incoming.receive, incoming.headers, limit)
+        body = decode_body(raw, incoming.headers.get("content-encoding", ""), limit)
+        source = authenticate(write_key_from(incoming.headers, body))
+        headers = cors_headers(incoming.headers, source)
+        if source.honor_do_not_track and incoming.headers.get("dnt") == "1":
+            return 200, SUCCESS, headers
         received_at = clock.now()
-        meta = request_meta(request, source)
+        meta = {
+            "sourceId": str(source.id),
+            "ip": incoming.client_ip,
+            "userAgent": incoming.headers.get("user-agent"),
+        }
         skew = timedelta(seconds=settings.max_clock_skew_seconds)
         if kind == "batch":
             envelopes = envelopes_for_batch(body, received_at, meta, skew, settings.max_event_bytes)
         else:
             envelopes = [envelope_for_single(body, kind, received_at, meta, skew)]
     except CaptureError as error:
-        return capture_error_response(error, headers)
+        return error_answer(error, headers)
     try:
         await get_queue().put(orjson.dumps(envelopes))
     except Exception as exc:
         # Whatever stopped the queue (Redis down, an unwritable file), these events are not
         # stored, so the client must hear 503 and retry them rather than a 2xx or a 500.
         log.warning("capture queue unavailable: %r", exc)
-        return capture_error_response(QUEUE_UNAVAILABLE, {**headers, "Retry-After": "1"})
-    return json_response(SUCCESS, headers=headers)
+        return error_answer(QUEUE_UNAVAILABLE, {**headers, "Retry-After": "1"})
+    return 200, SUCCESS, headers
 
 
 def _endpoint(kind: str) -> Any:
     async def endpoint(request: Request) -> Response:
-        return await accept(request, kind)
+        status, body, headers = await accept(
+            Incoming.from_scope(request.scope, request.receive), kind
+        )
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     endpoint.__name__ = f"capture_{kind}"
     endpoint.__doc__ = f"Segment `{kind}` call. Authenticate with the write key as Basic user."
@@ -167,11 +201,20 @@ class CaptureFastPath:
             await self.app(scope, receive, send)
             return
         try:
-            response = await accept(Request(scope, receive), kind)
+            status, body, headers = await accept(Incoming.from_scope(scope, receive), kind)
         except Exception:
             log.exception("capture request failed")
-            response = capture_error_response(INTERNAL_ERROR)
-        await response(scope, receive, send)
+            status, body, headers = error_answer(INTERNAL_ERROR)
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in headers.items()
+            ),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 @router.options("/v1/{path:path}", include_in_schema=False)

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from capture.enrichment import CLICK_ID_KINDS, Touch, touch_for
 from capture.models import Visit
-from core.db import bulk_insert
+from core.db import bulk_insert, bulk_update
 from core.models import table_of
 from core.settings import get_settings
 
@@ -186,7 +186,7 @@ def write_visits(session: Session, visits: Any, messages: list[Message]) -> None
         else:
             changed_rows.append(
                 {
-                    "b_id": v.id,
+                    "id": v.id,
                     "last_event_at": v.last_event_at,
                     "page_views": v.page_views,
                     "event_count": v.event_count,
@@ -194,15 +194,4 @@ def write_visits(session: Session, visits: Any, messages: list[Message]) -> None
             )
     if new_rows:
         bulk_insert(session, table_of(Visit), new_rows)
-    if changed_rows:
-        table = table_of(Visit)
-        session.execute(
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values(
-                last_event_at=bindparam("last_event_at"),
-                page_views=bindparam("page_views"),
-                event_count=bindparam("event_count"),
-            ),
-            changed_rows,
-        )
+    bulk_update(session, table_of(Visit), changed_rows)

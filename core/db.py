@@ -14,12 +14,14 @@ from sqlalchemy import (
     Engine,
     MetaData,
     Table,
+    bindparam,
     create_engine,
     event,
     insert,
     select,
     text,
     tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -196,6 +198,41 @@ def _insert_new_by_copy(
     ).all()
     session.execute(text(f"TRUNCATE {staging_name}"))
     return list(stored)
+
+
+def bulk_update(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Sets the given columns on many rows keyed by "id" (every row has the same keys).
+
+    On PostgreSQL: COPY into a staging table and one UPDATE … FROM, instead of one UPDATE
+    statement per row; elsewhere an executemany."""
+    if not rows:
+        return
+    columns = [name for name in rows[0] if name != "id"]
+    if not is_postgres(session):
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({name: bindparam(name) for name in columns}),
+            [{"b_id": row["id"], **{name: row[name] for name in columns}} for row in rows],
+        )
+        return
+    staging_name = f"staging_update_{table.name}"
+    names = ", ".join(["id", *columns])
+    session.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging_name} ON COMMIT DELETE ROWS AS "
+            f"SELECT {names} FROM {table.name} WITH NO DATA"
+        )
+    )
+    staging = Table(
+        staging_name, MetaData(), *(Column(c.name, c.type) for c in table.c if c.name in rows[0])
+    )
+    bulk_insert(session, staging, rows)
+    assignments = ", ".join(f"{name} = s.{name}" for name in columns)
+    session.execute(
+        text(f"UPDATE {table.name} t SET {assignments} FROM {staging_name} s WHERE t.id = s.id")
+    )
+    session.execute(text(f"TRUNCATE {staging_name}"))
 
 
 def _with_defaults(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,36 @@
+"""The capture queue's own guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from capture.queue import MAX_MERGED_ENTRY_BYTES, get_queue, merged_entries
+
+
+def test_merged_entries_keep_every_envelope_in_order():
+    payloads = [orjson.dumps([{"n": i}, {"n": i, "second": True}]) for i in range(5)]
+    [entry] = merged_entries([*payloads, b"[]"])
+    assert orjson.loads(entry) == [e for p in payloads for e in orjson.loads(p)]
+
+
+def test_merged_entries_are_split_before_they_grow_too_large():
+    big = orjson.dumps([{"blob": "x" * (MAX_MERGED_ENTRY_BYTES // 4)}])
+    entries = merged_entries([big] * 7)
+    assert len(entries) == 3
+    assert all(len(entry) <= MAX_MERGED_ENTRY_BYTES for entry in entries)
+    assert sum(len(orjson.loads(e)) for e in entries) == 7
+
+
+def test_concurrent_puts_are_all_stored(pg_backend):
+    queue = get_queue()
+
+    async def put_many() -> None:
+        await asyncio.gather(*(queue.put(orjson.dumps([{"n": i}])) for i in range(200)))
+
+    asyncio.run(put_many())
+    taken = queue.take("t", 1000, 0)
+    numbers = sorted(e["n"] for _, payload in taken for e in orjson.loads(payload))
+    assert numbers == list(range(200))
+    assert len(taken) < 200  # gathered into few stream entries

@@ -1,0 +1,449 @@
+"""The ROI report: per campaign and per channel, for a date range under one model, added up
+from a stored credit run and the imported costs, reconciled to won revenue and to the costs,
+exportable as CSV, and drilled down to the touches and deals behind each figure."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from attribution.credits import DATA_DRIVEN, Level, RunParameters, current_run
+from attribution.db_models import (
+    Campaign,
+    CampaignCost,
+    Conversion,
+    ConversionKind,
+    Credit,
+    CreditRun,
+    RunConversion,
+)
+from attribution.money import CURRENCIES, fen_ratio, yuan
+from core.settings import get_settings
+
+MAX_RANGE_DAYS = 3660
+NO_CAMPAIGN = "(no campaign)"
+UNATTRIBUTED = "(unattributed)"
+TOTAL = "(total)"
+COUNTED = {
+    ConversionKind.lead: "leads",
+    ConversionKind.mql: "mqls",
+    ConversionKind.opportunity: "opportunities",
+    ConversionKind.won: "customers",
+}
+
+
+class GroupBy(StrEnum):
+    campaign = "campaign"
+    channel = "channel"
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Whole days in the service's time zone, both ends included."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError("end is before start")
+        if (self.end - self.start).days >= MAX_RANGE_DAYS:
+            raise ValueError(f"a report covers at most {MAX_RANGE_DAYS} days")
+
+    @property
+    def instants(self) -> tuple[datetime, datetime]:
+        zone = ZoneInfo(get_settings().default_timezone)
+        begin = datetime.combine(self.start, time(0), zone).astimezone(UTC)
+        finish = datetime.combine(self.end + timedelta(days=1), time(0), zone).astimezone(UTC)
+        return begin, finish
+
+
+@dataclass
+class Row:
+    """One campaign, channel, or the unattributed remainder; money in fen, counts fractional
+    because a conversion's credit can be shared by several campaigns."""
+
+    type: str
+    key: str
+    name: str | None = None
+    channel: str | None = None
+    cost: int = 0
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTED.values(), 0.0))
+    pipeline: int = 0
+    revenue: int = 0
+    sourced_pipeline: int = 0
+    influenced_pipeline: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        cost = self.cost
+        return {
+            "type": self.type,
+            "key": self.key,
+            "name": self.name,
+            "channel": self.channel,
+            "cost": yuan(cost),
+            **{name: round(value, 4) for name, value in self.counts.items()},
+            "pipeline": yuan(self.pipeline),
+            "revenue": yuan(self.revenue),
+            "sourced_pipeline": yuan(self.sourced_pipeline),
+            "influenced_pipeline": yuan(self.influenced_pipeline),
+            "roi": round((self.revenue - cost) / cost, 4) if cost else None,
+            "roas": round(self.revenue / cost, 4) if cost else None,
+            "cost_per_lead": _per(cost, self.counts["leads"]),
+            "cost_per_mql": _per(cost, self.counts["mqls"]),
+            "cac": _per(cost, self.counts["customers"]),
+        }
+
+
+def _per(cost: int, count: float) -> str | None:
+    fen = fen_ratio(cost, count) if cost else None
+    return None if fen is None else yuan(fen)
+
+
+CSV_FIELDS = (
+    "type",
+    "key",
+    "name",
+    "channel",
+    "cost",
+    *COUNTED.values(),
+    "pipeline",
+    "revenue",
+    "sourced_pipeline",
+    "influenced_pipeline",
+    "roi",
+    "roas",
+    "cost_per_lead",
+    "cost_per_mql",
+    "cac",
+)
+
+
+def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> dict[str, Any]:
+    """The whole report: both groupings, the totals and the reconciliation."""
+    tables = {}
+    runs: dict[str, CreditRun] = {}
+    for group in GroupBy:
+        for_group = _parameters_for(parameters, group)
+        if for_group.key not in runs:
+            runs[for_group.key] = current_run(session, for_group)
+        tables[group.value] = _rows(session, runs[for_group.key], days, group)
+    reconciliation = _reconciliation(session, days, tables)
+    return {
+        "model": parameters.model.value,
+        "parameters": {
+            "lookback_days": parameters.lookback_days,
+            "half_life_days": parameters.half_life_days,
+            "order": parameters.order,
+        },
+        "start": days.start.isoformat(),
+        "end": days.end.isoformat(),
+        "timezone": get_settings().default_timezone,
+        "currency": CURRENCIES[0],
+        "runs": {group.value: runs[_parameters_for(parameters, group).key].id for group in GroupBy},
+        "campaigns": [row.as_json() for row in tables[GroupBy.campaign.value]],
+        "channels": [row.as_json() for row in tables[GroupBy.channel.value]],
+        "totals": _total(tables[GroupBy.channel.value]).as_json(),
+        "reconciliation": reconciliation,
+    }
+
+
+def report_csv(report: dict[str, Any], group: GroupBy) -> str:
+    """One grouping of a report as CSV, with the unattributed and total rows at the end."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in [*report[f"{group.value}s"], report["totals"]]:
+        writer.writerow({name: "" if row[name] is None else row[name] for name in CSV_FIELDS})
+    return out.getvalue()
+
+
+def _parameters_for(parameters: RunParameters, group: GroupBy) -> RunParameters:
+    """Data-driven models learn per channel or per campaign; rule-based credits serve both."""
+    if parameters.model not in DATA_DRIVEN:
+        return parameters
+    level = Level.campaign if group is GroupBy.campaign else Level.channel
+    return replace(parameters, level=level)
+
+
+def _group_column(group: GroupBy) -> ColumnElement[Any] | InstrumentedAttribute[Any]:
+    if group is GroupBy.channel:
+        return Credit.channel
+    return func.coalesce(Credit.campaign, NO_CAMPAIGN)
+
+
+def _rows(session: Session, run: CreditRun, days: DateRange, group: GroupBy) -> list[Row]:
+    begin, finish = days.instants
+    key = _group_column(group).label("key")
+    in_range = and_(
+        Credit.run_id == run.id, Credit.converted_at >= begin, Credit.converted_at < finish
+    )
+    rows: dict[str, Row] = {}
+
+    def row(name: str) -> Row:
+        if name not in rows:
+            kind = group.value if name != NO_CAMPAIGN else "no_campaign"
+            rows[name] = Row(kind, name, channel=name if group is GroupBy.channel else None)
+        return rows[name]
+
+    first_for_group = (
+        Credit.first_for_channel if group is GroupBy.channel else Credit.first_for_campaign
+    )
+    credited = session.execute(
+        select(
+            key,
+            Credit.kind,
+            func.sum(Credit.credit_fen),
+            func.sum(Credit.share),
+            func.sum(case((Credit.position == 0, Credit.value_fen), else_=0)),
+            func.sum(case((first_for_group, Credit.value_fen), else_=0)),
+        )
+        .where(in_range)
+        .group_by(key, Credit.kind)
+    )
+    for name, kind, fen, share, sourced, influenced in credited:
+        target = row(name)
+        target.counts[COUNTED[ConversionKind(kind)]] += float(share or 0)
+        if kind == ConversionKind.opportunity.value:
+            target.pipeline += int(fen or 0)
+            target.sourced_pipeline = int(sourced or 0)
+            target.influenced_pipeline = int(influenced or 0)
+        elif kind == ConversionKind.won.value:
+            target.revenue += int(fen or 0)
+
+    for name, fen in _costs(session, days, group):
+        row(name).cost += fen
+    if group is GroupBy.campaign:
+        described = session.execute(
+            select(Campaign.key, Campaign.name, Campaign.channel).where(Campaign.key.in_(rows))
+        )
+        for name, title, channel in described:
+            rows[name].name, rows[name].channel = title, channel
+
+    ordered = sorted(rows.values(), key=lambda r: (r.type != group.value, -r.revenue, r.key))
+    return [*ordered, _unattributed(session, run, days)]
+
+
+def _costs(session: Session, days: DateRange, group: GroupBy) -> list[tuple[str, int]]:
+    key = Campaign.key if group is GroupBy.campaign else CampaignCost.channel
+    query = (
+        select(key, func.sum(CampaignCost.amount_fen))
+        .join(Campaign, Campaign.id == CampaignCost.campaign_id)
+        .where(CampaignCost.day >= days.start, CampaignCost.day <= days.end)
+        .group_by(key)
+    )
+    return [(name, int(fen)) for name, fen in session.execute(query)]
+
+
+def _unattributed(session: Session, run: CreditRun, days: DateRange) -> Row:
+    """What no touch received: conversions without touches in the window, and any fen left."""
+    begin, finish = days.instants
+    totals = session.execute(
+        select(
+            RunConversion.kind,
+            func.sum(case((RunConversion.touches == 0, 1), else_=0)),
+            func.sum(RunConversion.unattributed_fen),
+        )
+        .where(
+            RunConversion.run_id == run.id,
+            RunConversion.converted_at >= begin,
+            RunConversion.converted_at < finish,
+        )
+        .group_by(RunConversion.kind)
+    )
+    remainder = Row(UNATTRIBUTED, UNATTRIBUTED)
+    for kind, untouched, unattributed in totals:
+        remainder.counts[COUNTED[ConversionKind(kind)]] = float(untouched or 0)
+        if kind == ConversionKind.opportunity.value:
+            remainder.pipeline = int(unattributed or 0)
+        elif kind == ConversionKind.won.value:
+            remainder.revenue = int(unattributed or 0)
+    return remainder
+
+
+def _total(rows: list[Row]) -> Row:
+    total = Row(TOTAL, TOTAL)
+    for row in rows:
+        total.cost += row.cost
+        total.pipeline += row.pipeline
+        total.revenue += row.revenue
+        for name, value in row.counts.items():
+            total.counts[name] += value
+    return total
+
+
+def _reconciliation(
+    session: Session, days: DateRange, tables: dict[str, list[Row]]
+) -> dict[str, Any]:
+    """Every grouping checked against the conversions and costs as recorded, not as credited."""
+    begin, finish = days.instants
+    recorded = dict(
+        session.execute(
+            select(Conversion.kind, func.sum(Conversion.value_fen))
+            .where(Conversion.occurred_at >= begin, Conversion.occurred_at < finish)
+            .group_by(Conversion.kind)
+        ).all()
+    )
+    won = int(recorded.get(ConversionKind.won.value) or 0)
+    pipeline = int(recorded.get(ConversionKind.opportunity.value) or 0)
+    imported = int(
+        session.scalar(
+            select(func.coalesce(func.sum(CampaignCost.amount_fen), 0)).where(
+                CampaignCost.day >= days.start, CampaignCost.day <= days.end
+            )
+        )
+        or 0
+    )
+    result: dict[str, Any] = {
+        "won_revenue": yuan(won),
+        "opportunity_pipeline": yuan(pipeline),
+        "imported_costs": yuan(imported),
+    }
+    for group, rows in tables.items():
+        attributed = sum(row.revenue for row in rows if row.type != UNATTRIBUTED)
+        unattributed = sum(row.revenue for row in rows if row.type == UNATTRIBUTED)
+        reported_pipeline = sum(row.pipeline for row in rows)
+        reported_costs = sum(row.cost for row in rows)
+        result[f"{group}s"] = {
+            "attributed_revenue": yuan(attributed),
+            "unattributed_revenue": yuan(unattributed),
+            "revenue_reconciles": attributed + unattributed == won,
+            "pipeline_reconciles": reported_pipeline == pipeline,
+            "reported_costs": yuan(reported_costs),
+            "costs_reconcile": reported_costs == imported,
+        }
+    return result
+
+
+@dataclass(frozen=True)
+class DrillDown:
+    group: GroupBy
+    key: str
+    kind: ConversionKind | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def drill_down(
+    session: Session, days: DateRange, parameters: RunParameters, target: DrillDown
+) -> dict[str, Any]:
+    """The conversions (deals) behind one row's figures, each with its whole path and the
+    credit this row took from it, and the cost lines behind the row's cost."""
+    run = current_run(session, _parameters_for(parameters, target.group))
+    begin, finish = days.instants
+    conversions = select(RunConversion.conversion_id).where(
+        RunConversion.run_id == run.id,
+        RunConversion.converted_at >= begin,
+        RunConversion.converted_at < finish,
+    )
+    if target.kind is not None:
+        conversions = conversions.where(RunConversion.kind == target.kind.value)
+    if target.key == UNATTRIBUTED:
+        conversions = conversions.where(RunConversion.unattributed_fen > 0)
+    else:
+        matching = select(Credit.conversion_id).where(
+            Credit.run_id == run.id, _group_column(target.group) == target.key
+        )
+        conversions = conversions.where(RunConversion.conversion_id.in_(matching))
+    total = session.scalar(select(func.count()).select_from(conversions.subquery())) or 0
+    page = list(
+        session.scalars(
+            conversions.order_by(RunConversion.converted_at, RunConversion.conversion_id)
+            .limit(target.limit)
+            .offset(target.offset)
+        )
+    )
+    deals = {
+        row.id: row for row in session.scalars(select(Conversion).where(Conversion.id.in_(page)))
+    }
+    summaries = {
+        row.conversion_id: row
+        for row in session.scalars(
+            select(RunConversion).where(
+                RunConversion.run_id == run.id, RunConversion.conversion_id.in_(page)
+            )
+        )
+    }
+    touches: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    credited: dict[int, int] = defaultdict(int)
+    credit_rows = session.scalars(
+        select(Credit)
+        .where(Credit.run_id == run.id, Credit.conversion_id.in_(page))
+        .order_by(Credit.conversion_id, Credit.position)
+    )
+    for credit in credit_rows:
+        in_row = target.key != UNATTRIBUTED and _key_of(credit, target.group) == target.key
+        if in_row:
+            credited[credit.conversion_id] += credit.credit_fen
+        touches[credit.conversion_id].append(
+            {
+                "position": credit.position,
+                "at": credit.touched_at.isoformat(),
+                "channel": credit.channel,
+                "campaign": credit.campaign,
+                "source": credit.touch_source,
+                "ref": credit.touch_ref,
+                "credit": yuan(credit.credit_fen),
+                "share": round(credit.share, 6),
+                "in_row": in_row,
+            }
+        )
+    items = []
+    for conversion_id in page:
+        deal, summary = deals[conversion_id], summaries[conversion_id]
+        items.append(
+            {
+                "conversion_id": conversion_id,
+                "contact_id": str(deal.contact_id),
+                "kind": deal.kind,
+                "ref": deal.external_ref,
+                "occurred_at": deal.occurred_at.isoformat(),
+                "value": yuan(deal.value_fen),
+                "credited_to_row": yuan(
+                    summary.unattributed_fen
+                    if target.key == UNATTRIBUTED
+                    else credited[conversion_id]
+                ),
+                "touches": touches[conversion_id],
+            }
+        )
+    return {
+        "group": target.group.value,
+        "key": target.key,
+        "kind": target.kind.value if target.kind else None,
+        "run": run.id,
+        "total": total,
+        "conversions": items,
+        "costs": _cost_lines(session, days, target),
+    }
+
+
+def _key_of(credit: Credit, group: GroupBy) -> str:
+    if group is GroupBy.channel:
+        return credit.channel
+    return credit.campaign or NO_CAMPAIGN
+
+
+def _cost_lines(session: Session, days: DateRange, target: DrillDown) -> list[dict[str, Any]]:
+    if target.key in (UNATTRIBUTED, NO_CAMPAIGN):
+        return []
+    column = Campaign.key if target.group is GroupBy.campaign else CampaignCost.channel
+    query = (
+        select(Campaign.key, CampaignCost.channel, CampaignCost.day, CampaignCost.amount_fen)
+        .join(Campaign, Campaign.id == CampaignCost.campaign_id)
+        .where(column == target.key, CampaignCost.day >= days.start, CampaignCost.day <= days.end)
+        .order_by(CampaignCost.day, Campaign.key, CampaignCost.channel)
+    )
+    return [
+        {"campaign": campaign, "channel": channel, "date": day.isoformat(), "amount": yuan(fen)}
+        for campaign, channel, day, fen in session.execute(query)
+    ]

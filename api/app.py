@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp
 
 from api.errors import install_error_handlers
 from api.keys_router import router as keys_router
@@ -15,7 +16,15 @@ from capture.snippet_router import router as snippet_router
 from capture.tracking_router import CaptureFastPath
 from capture.tracking_router import router as tracking_router
 from channels.router import router as channels_router
+from handoff.router import router as handoff_router
+from journeys.router import router as journeys_router
 from scoring.router import router as scoring_router
+
+
+def create_server_app() -> ASGIApp:
+    """What servers run: the tracking calls go straight to capture, ahead of FastAPI's
+    machinery (their routes in the FastAPI app serve the docs and the same handler)."""
+    return CaptureFastPath(create_app())
 
 
 def create_app() -> FastAPI:
@@ -29,7 +38,6 @@ def create_app() -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.add_middleware(CaptureFastPath)
     app.include_router(attribution_router)
     app.include_router(tracking_router)
     app.include_router(capture_admin_router)
@@ -39,6 +47,8 @@ def create_app() -> FastAPI:
     app.include_router(forms_admin_router)
     app.include_router(channels_router)
     app.include_router(scoring_router)
+    app.include_router(journeys_router)
+    app.include_router(handoff_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

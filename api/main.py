@@ -1,5 +1,5 @@
 """The ASGI entry point that uvicorn loads (`api.main:app`)."""
 
-from api.app import create_app
+from api.app import create_server_app
 
-app = create_app()
+app = create_server_app()

@@ -265,7 +265,7 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
 
     raw_ip = valid_ip(envelope.get("ip"))
     return Message(
-        source_id=uuid.UUID(envelope["sourceId"]),
+        source_id=source_uuid(envelope["sourceId"]),
         message_id=envelope["messageId"],
         type=kind,
         name=envelope.get("event") or envelope.get("name"),
@@ -286,6 +286,11 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
         keys=keys,
         envelope=envelope,
     )
+
+
+@lru_cache(maxsize=1024)
+def source_uuid(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
 
 
 @lru_cache(maxsize=4096)

@@ -7,6 +7,7 @@ URL and referrer decide the visit's channel, source and campaign.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from core.settings import get_settings
 if TYPE_CHECKING:
     from capture.ingest import Message
 
+CAMPAIGN_MARKERS = re.compile("|".join(["utm_", *(re.escape(k.param) for k in CLICK_ID_KINDS)]))
 DIRECT = Touch("direct", None, None, None, None, None, None, None, None)
 
 

@@ -8,7 +8,14 @@ from celery import Celery
 
 from core.settings import Settings, get_settings
 
-TASK_MODULES = ["worker.tasks"]
+TASK_MODULES = [
+    "worker.tasks",
+    "capture.tasks",
+    "channels.tasks",
+    "scoring.tasks",
+    "handoff.tasks",
+    "journeys.tasks",
+]
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -16,12 +23,13 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
         # Broker ETAs stay far below this; long waits live in the database (ARCHITECTURE §3).
         return settings.redis_url, {"visibility_timeout": 3600}
     folder = (settings.data_dir / "broker").resolve()
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
     }
 
@@ -43,6 +51,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         beat_schedule_filename=str((settings.data_dir / "beat-schedule").resolve()),
         beat_schedule={
             "dispatch-change-feed": {"task": "core.dispatch_feed", "schedule": 1.0},
+            "link-form-submissions": {"task": "capture.link_form_submissions", "schedule": 30.0},
+            "resume-due-deliveries": {"task": "channels.resume_due", "schedule": 10.0},
+            "rebuild-segments": {"task": "journeys.rebuild_segments", "schedule": 900.0},
+            "enforce-handoff-sla": {"task": "handoff.enforce_sla", "schedule": 30.0},
         },
     )
     app.set_default()

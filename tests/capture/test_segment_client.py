@@ -16,7 +16,7 @@ import uvicorn
 from segment.analytics.request import APIError
 from sqlalchemy import select
 
-from api.app import create_app
+from api.app import create_server_app
 from capture.models import Contact, Event
 from capture.queue import get_queue
 from core.db import session_scope
@@ -31,7 +31,7 @@ def live_url(backend: Backend) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_server_app(), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS

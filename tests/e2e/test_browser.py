@@ -23,7 +23,7 @@ import uvicorn
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 from sqlalchemy import select
 
-from api.app import create_app
+from api.app import create_server_app
 from capture.models import ConsentRecord, Contact, Event, FormSubmission, Visit
 from capture.queue import get_queue
 from capture.sources import create_source
@@ -95,7 +95,7 @@ def api_url(pg_backend: Backend) -> Iterator[str]:
     test's database and Redis stream."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_server_app(), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

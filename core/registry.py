@@ -7,6 +7,8 @@ import capture.models
 import channels.models
 import core.feed
 import core.keys
+import handoff.models
+import journeys.models
 import scoring.models
 from core.models import Base
 
@@ -16,6 +18,8 @@ MODULES = (
     channels.models,
     core.feed,
     core.keys,
+    handoff.models,
+    journeys.models,
     scoring.models,
 )
 metadata = Base.metadata

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from capture.queue import reset_queue
 from capture.sources import create_source, write_keys
+from channels.settings import get_channel_settings
 from core import db, settings
 from core.clock import clock
 from core.keys import Role, create_api_key
@@ -59,6 +60,7 @@ class Backend:
 
 def reset_caches() -> None:
     settings.get_settings.cache_clear()
+    get_channel_settings.cache_clear()
     db.get_engine.cache_clear()
     db.get_sessionmaker.cache_clear()
     reset_queue()

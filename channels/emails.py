@@ -1,0 +1,127 @@
+"""Composes one email: rendered template inside its layout, tracked links with UTM tags, the open
+pixel, and RFC 8058 List-Unsubscribe headers for marketing mail."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from typing import Any
+
+from channels import templates, tokens
+from channels.models import EmailLayout, Template
+from channels.settings import ChannelSettings
+from core.clock import clock
+from core.settings import get_settings
+
+# The classic MIME classes build a message several times faster than EmailMessage, and long
+# List-Unsubscribe URLs stay on one line (RFC 5322 allows 998 characters) instead of being
+# folded or turned into encoded words that mailbox providers do not read in that header.
+WIRE_POLICY = compat32.clone(max_line_length=998, linesep="\r\n")
+
+
+@dataclass(frozen=True)
+class ComposedEmail:
+    data: bytes
+    message_id: str
+    sender: str
+    subject: str
+    links: list[str]
+
+
+def public_url(path: str) -> str:
+    return get_settings().public_url.rstrip("/") + path
+
+
+def unsubscribe_url(delivery_id: uuid.UUID) -> str:
+    return public_url(f"/u/{tokens.delivery_token('unsubscribe', delivery_id)}")
+
+
+def preferences_url(delivery_id: uuid.UUID) -> str:
+    return public_url(f"/u/{tokens.delivery_token('unsubscribe', delivery_id)}/preferences")
+
+
+def unsubscribe_mailbox(settings: ChannelSettings) -> str:
+    if settings.unsubscribe_mailto:
+        return settings.unsubscribe_mailto
+    domain = parseaddr(settings.smtp_from)[1].rpartition("@")[2] or "localhost"
+    return f"unsubscribe@{domain}"
+
+
+def utm_tags(
+    template: Template, campaign: str | None, context: Mapping[str, Any]
+) -> dict[str, str]:
+    journey = context.get("journey")
+    if not isinstance(journey, Mapping):
+        journey = {}
+    return {
+        "utm_source": "nurture",
+        "utm_medium": "email",
+        "utm_campaign": campaign or str(journey.get("name") or journey.get("id") or template.name),
+    }
+
+
+def compose(
+    *,
+    delivery_id: uuid.UUID | None,
+    template: Template,
+    layout: EmailLayout | None,
+    variables: Mapping[str, Any],
+    recipient: str,
+    campaign: str | None,
+    marketing: bool,
+    settings: ChannelSettings,
+    subject_prefix: str = "",
+) -> ComposedEmail:
+    """Renders and assembles the message; `delivery_id` None is a test send (no tracking)."""
+    unsubscribe = unsubscribe_url(delivery_id) if delivery_id and marketing else None
+    variables = {**variables, "unsubscribe_url": unsubscribe or "", "preferences_url": ""}
+    if delivery_id and marketing:
+        variables["preferences_url"] = preferences_url(delivery_id)
+    rendered = templates.render_email(
+        template.subject or "",
+        template.html or "",
+        template.text,
+        layout.html if layout else None,
+        layout.text if layout else None,
+        variables,
+    )
+    body_html, links = rendered.html, list[str]()
+    if delivery_id is not None:
+        tracked_id = delivery_id
+        utm = utm_tags(template, campaign, variables)
+        own_prefix = public_url("/u/")
+        body_html, links = templates.rewrite_links(
+            body_html,
+            lambda position, _url: public_url(f"/t/c/{tokens.click_token(tracked_id, position)}"),
+            skip=lambda url: url.startswith(own_prefix),
+        )
+        links = [templates.add_utm(url, utm) for url in links]
+        pixel = public_url(f"/t/o/{tokens.delivery_token('open', tracked_id)}.gif")
+        body_html = templates.add_open_pixel(body_html, pixel)
+
+    sender_name, sender_address = parseaddr(settings.smtp_from)
+    subject = subject_prefix + rendered.subject
+    message = MIMEMultipart("alternative")
+    message["From"] = formataddr((sender_name, sender_address), charset="utf-8")
+    message["To"] = recipient
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
+    message["Date"] = format_datetime(clock.now())
+    message_id = make_msgid(domain=sender_address.rpartition("@")[2] or "localhost")
+    message["Message-ID"] = message_id
+    if delivery_id is not None:
+        message["X-Nurture-Delivery"] = str(delivery_id)
+    if unsubscribe:
+        mailto = f"mailto:{unsubscribe_mailbox(settings)}?subject=unsubscribe-{delivery_id}"
+        message["List-Unsubscribe"] = f"<{unsubscribe}>, <{mailto}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+    message.attach(MIMEText(body_html, "html", "utf-8"))
+    return ComposedEmail(
+        message.as_bytes(policy=WIRE_POLICY), message_id, sender_address, subject, links
+    )

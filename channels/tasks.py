@@ -1,0 +1,69 @@
+"""Channel tasks: send one delivery, re-enqueue the ones that became due, and turn stored
+events into webhook deliveries for subscribed endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from channels import sending, subscriptions
+from channels.models import Delivery
+from core import feed
+from core.clock import clock
+from core.db import is_postgres
+from core.tasks import enqueue_after_commit, task
+
+RESUME_BATCH = 1000
+# A queued delivery whose task has not run by then lost its broker message: enqueue it again.
+STALE_QUEUED = timedelta(minutes=10)
+
+
+@task("channels.send_delivery", max_retries=0)
+def send_delivery(session: Session, delivery_id: str) -> str:
+    return sending.deliver(session, uuid.UUID(delivery_id))
+
+
+def claim_due(session: Session, limit: int = RESUME_BATCH) -> list[uuid.UUID]:
+    """Marks deliveries whose wait is over (or whose task was lost) queued again."""
+    now = clock.now()
+    stmt = (
+        select(Delivery.id)
+        .where(
+            or_(
+                (Delivery.status == "deferred") & (Delivery.next_attempt_at <= now),
+                (Delivery.status == "queued") & (Delivery.updated_at < now - STALE_QUEUED),
+            )
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    ids = list(session.scalars(stmt))
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(status="queued", next_attempt_at=None, updated_at=now)
+        )
+    return ids
+
+
+@task("channels.resume_due", max_retries=0)
+def resume_due(session: Session) -> int:
+    ids = claim_due(session)
+    for delivery_id in ids:
+        enqueue_after_commit(session, send_delivery, str(delivery_id))
+    return len(ids)
+
+
+def send_for_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> None:
+    for delivery_id in subscriptions.deliveries_for_changes(session, records):
+        enqueue_after_commit(session, send_delivery, str(delivery_id))
+
+
+feed.subscribe("channels.webhooks", send_for_changes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp
 
 from api.errors import install_error_handlers
@@ -33,7 +32,6 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Marketing automation and lead nurturing. Admin API under /api/v1; "
         "Segment-compatible tracking API under /v1.",
-        default_response_class=ORJSONResponse,
         # Not used yet; FastAPI would otherwise probe OpenTelemetry on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,15 @@ def error_body(code: str, message: str, fields: dict[str, str] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
-def error_response(error: ApiError) -> ORJSONResponse:
-    return ORJSONResponse(
-        error_body(error.code, error.message, error.fields),
-        status_code=error.status,
-        headers=error.headers,
+def json_error(
+    body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return json_error(
+        error_body(error.code, error.message, error.fields), error.status, error.headers
     )
 
 
@@ -53,25 +59,25 @@ def field_errors(errors: list[Any]) -> dict[str, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> ORJSONResponse:
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
         fields = field_errors(list(exc.errors()))
         message = "invalid request: " + ", ".join(f"{k}: {v}" for k, v in fields.items())
-        return ORJSONResponse(error_body("invalid", message, fields), status_code=422)
+        return json_error(error_body("invalid", message, fields), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
-        return ORJSONResponse(
+        return json_error(
             error_body(code.get(exc.status_code, "http_error"), str(exc.detail)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            exc.status_code,
+            getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return ORJSONResponse(error_body("internal", "internal error"), status_code=500)
+        return json_error(error_body("internal", "internal error"), 500)

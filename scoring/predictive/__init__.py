@@ -1,0 +1,1 @@
+"""The predictive score: features, a calibrated model, training and serving."""

@@ -1,0 +1,117 @@
+"""Serving the active model: each contact's probability and top factors, written beside its
+rule scores in `contact_scores` so segments, journeys and routing can use them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime
+
+import orjson
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from capture.models import Contact
+from core.clock import clock
+from core.db import copy_rows, is_postgres
+from core.models import table_of
+from core.settings import get_settings
+from scoring.engine import active_rules, rescore
+from scoring.models import ContactScore, PredictiveModel
+from scoring.predictive import features
+from scoring.predictive.model import ScoringModel, load
+from scoring.rules import FIT
+from scoring.scorer import knobs
+
+_loaded: dict[int, ScoringModel] = {}
+
+
+def active_model(session: Session) -> tuple[PredictiveModel, ScoringModel] | None:
+    row = session.scalar(select(PredictiveModel).where(PredictiveModel.status == "active"))
+    if row is None or row.artifact is None or row.artifact_signature is None:
+        return None
+    if row.version not in _loaded:
+        _loaded.clear()
+        _loaded[row.version] = load(row.artifact, row.artifact_signature, get_settings().secret_key)
+    return row, _loaded[row.version]
+
+
+def predict(
+    session: Session,
+    contact_ids: Collection[uuid.UUID] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Scores contacts (all when `contact_ids` is None) with the active model; returns how many.
+    Without an active model (cold start) nothing is written and the rule score stays in use."""
+    loaded = active_model(session)
+    if loaded is None:
+        return 0
+    row, model = loaded
+    now = now or clock.now()
+    frame = features.build(session, now, contact_ids)
+    if not frame.contact_ids:
+        return 0
+    probabilities, factors = model.score(frame)
+    ensure_score_rows(session, frame.contact_ids, now)
+    results = [
+        (cid, float(p), words)
+        for cid, p, words in zip(frame.contact_ids, probabilities, factors, strict=True)
+    ]
+    write(session, results, row.version, now)
+    return len(results)
+
+
+def ensure_score_rows(session: Session, contact_ids: list[uuid.UUID], now: datetime) -> None:
+    """Contacts never scored by the rules get their rule scores first (one anti-join)."""
+    unscored = set(
+        session.scalars(
+            select(Contact.id)
+            .outerjoin(ContactScore, ContactScore.contact_id == Contact.id)
+            .where(ContactScore.contact_id.is_(None), Contact.merged_into_id.is_(None))
+        )
+    )
+    missing = [cid for cid in contact_ids if cid in unscored]
+    if missing:
+        rescore(session, knobs(session, now), active_rules(session, FIT), now, missing)
+
+
+def write(
+    session: Session, results: list[tuple[uuid.UUID, float, list[str]]], version: int, now: datetime
+) -> None:
+    if is_postgres(session):
+        # COPY into a temporary table and one UPDATE … FROM: 100,000 rows in about a second.
+        session.execute(
+            text(
+                "CREATE TEMP TABLE scoring_predictions"
+                " (contact_id uuid PRIMARY KEY, probability float8, factors jsonb)"
+                " ON COMMIT DROP"
+            )
+        )
+        copy_rows(
+            session,
+            "scoring_predictions",
+            ["contact_id", "probability", "factors"],
+            ((cid, p, orjson.dumps(words).decode()) for cid, p, words in results),
+        )
+        session.execute(
+            text(
+                "UPDATE contact_scores SET probability = p.probability, factors = p.factors,"
+                " model_version = :version, predicted_at = :now"
+                " FROM scoring_predictions p WHERE contact_scores.contact_id = p.contact_id"
+            ),
+            {"version": version, "now": now},
+        )
+        session.execute(text("DROP TABLE scoring_predictions"))
+        return
+    table = table_of(ContactScore)
+    session.execute(
+        update(table)
+        .where(table.c.contact_id == bindparam("b_id"))
+        .values(
+            probability=bindparam("probability"),
+            factors=bindparam("factors"),
+            model_version=version,
+            predicted_at=now,
+        ),
+        [{"b_id": cid, "probability": p, "factors": words} for cid, p, words in results],
+    )

@@ -1,0 +1,199 @@
+"""Training on history: snapshots at past cutoffs labelled "became an opportunity (or customer)
+within N days", a time-based holdout after them, cold start, and replace-only-if-not-worse."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from capture.models import Event
+from core.clock import clock
+from core.settings import get_settings
+from scoring.engine import effective_points
+from scoring.models import LifecycleTransition, PredictiveModel, ScoreEntry, ScoringRule
+from scoring.predictive import features
+from scoring.predictive.model import ALGORITHM, ScoringModel, dump, load, metrics
+from scoring.scorer import scoring_settings
+from scoring.sql import decay_factor
+
+OUTCOME_STAGES = ("opportunity", "customer")
+MAX_TRAINING_CUTOFFS = 6
+MIN_HOLDOUT_POSITIVES = 10
+
+
+class TrainingError(Exception):
+    """Training cannot run on this data; nothing was changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Snapshot:
+    frame: features.FeatureFrame
+    labels: np.ndarray
+
+
+def outcomes(session: Session) -> dict[uuid.UUID, datetime]:
+    """When each contact first became an opportunity or customer."""
+    return dict(
+        session.execute(
+            select(LifecycleTransition.contact_id, func.min(LifecycleTransition.occurred_at))
+            .where(LifecycleTransition.to_stage.in_(OUTCOME_STAGES))
+            .group_by(LifecycleTransition.contact_id)
+        ).all()
+    )
+
+
+def snapshot(
+    session: Session,
+    cutoff: datetime,
+    label_days: int,
+    reached: dict[uuid.UUID, datetime],
+    known_since: dict[uuid.UUID, datetime],
+) -> Snapshot:
+    """Contacts still open at `cutoff`, labelled by whether they got there within the window."""
+    frame = features.build(session, cutoff, known_since=known_since)
+    end = cutoff + timedelta(days=label_days)
+    keep = [i for i, cid in enumerate(frame.contact_ids) if reached.get(cid, end) >= cutoff]
+    labels = np.array(
+        [1 if reached.get(frame.contact_ids[i], end) < end else 0 for i in keep], dtype=int
+    )
+    return Snapshot(frame.take(keep), labels)
+
+
+def cutoffs(session: Session, now: datetime, label_days: int) -> tuple[datetime, list[datetime]]:
+    """The holdout cutoff (its label window ends now) and the training cutoffs before it, whose
+    label windows all end by the holdout cutoff."""
+    holdout = now - timedelta(days=label_days)
+    first_event = session.scalar(select(func.min(Event.timestamp)))
+    step = timedelta(days=max(7, label_days // 2))
+    training: list[datetime] = []
+    cutoff = holdout - timedelta(days=label_days)
+    while (
+        first_event is not None
+        and cutoff > first_event + timedelta(days=7)
+        and len(training) < MAX_TRAINING_CUTOFFS
+    ):
+        training.append(cutoff)
+        cutoff -= step
+    return holdout, training
+
+
+def rule_scores_at(session: Session, at: datetime, contact_ids: list[uuid.UUID]) -> np.ndarray:
+    """Each contact's behavioural rule score as it stood at `at`, replayed from the ledger."""
+    half_life = scoring_settings(session).half_life_days
+    totals = dict(
+        session.execute(
+            select(
+                ScoreEntry.contact_id,
+                func.sum(effective_points() * decay_factor(ScoreEntry.occurred_at, at, half_life)),
+            )
+            .outerjoin(ScoringRule, ScoringRule.id == ScoreEntry.rule_id)
+            .where(ScoreEntry.occurred_at < at)
+            .group_by(ScoreEntry.contact_id)
+        ).all()
+    )
+    return np.array([float(totals.get(cid) or 0.0) for cid in contact_ids])
+
+
+def next_version(session: Session) -> int:
+    return int(session.scalar(select(func.max(PredictiveModel.version))) or 0) + 1
+
+
+def active(session: Session) -> PredictiveModel | None:
+    return session.scalar(select(PredictiveModel).where(PredictiveModel.status == "active"))
+
+
+def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
+    """Trains, evaluates on the holdout and records a new version: active when it is not worse
+    than the current model on the same holdout, else rejected. Raises TrainingError (and
+    records nothing) when there is no data or too few positive outcomes (cold start)."""
+    now = now or clock.now()
+    settings = scoring_settings(session)
+    label_days = settings.label_days
+    holdout_cutoff, training_cutoffs = cutoffs(session, now, label_days)
+    reached = outcomes(session)
+    known_since = features.first_identified(session)
+
+    train = [snapshot(session, c, label_days, reached, known_since) for c in training_cutoffs]
+    rows = sum(len(s.labels) for s in train)
+    if rows == 0:
+        raise TrainingError(
+            "no_training_data",
+            f"there is no history to train on: training needs contacts seen more than "
+            f"{2 * label_days} days ago (two label windows of {label_days} days)",
+        )
+    values = np.concatenate([s.frame.values for s in train])
+    labels = np.concatenate([s.labels for s in train])
+    positives = int(labels.sum())
+    if positives < settings.min_positives:
+        raise TrainingError(
+            "cold_start",
+            f"only {positives} contacts became opportunities within {label_days} days in the "
+            f"training history; at least {settings.min_positives} are needed, so the rule score "
+            "stays in use",
+        )
+    holdout = snapshot(session, holdout_cutoff, label_days, reached, known_since)
+    holdout_positives = int(holdout.labels.sum())
+    if holdout_positives < MIN_HOLDOUT_POSITIVES or holdout_positives == len(holdout.labels):
+        raise TrainingError(
+            "no_holdout_outcomes",
+            f"the holdout (contacts open at {holdout_cutoff:%Y-%m-%d}) has {holdout_positives} "
+            f"positive outcomes; at least {MIN_HOLDOUT_POSITIVES} (and some negatives) are needed",
+        )
+
+    model = ScoringModel(values, labels)
+    probabilities = model.predict(holdout.frame.values)
+    report = metrics(holdout.labels, probabilities)
+    rule_scores = rule_scores_at(session, holdout_cutoff, holdout.frame.contact_ids)
+    report["rule_score_roc_auc"] = round(float(roc_auc_score(holdout.labels, rule_scores)), 4)
+    report["calibration_method"] = model.method
+
+    secret = get_settings().secret_key
+    current = active(session)
+    status, reason = "active", "first model: replaces the rule score"
+    if current is not None and current.artifact and current.artifact_signature:
+        previous = load(current.artifact, current.artifact_signature, secret)
+        previous_auc = float(roc_auc_score(holdout.labels, previous.predict(holdout.frame.values)))
+        report["previous_roc_auc"] = round(previous_auc, 4)
+        if report["roc_auc"] >= round(previous_auc, 4):
+            reason = (
+                f"AUC {report['roc_auc']} is not worse than v{current.version}'s {previous_auc:.4f}"
+            )
+            current.status = "retired"
+        else:
+            status = "rejected"
+            reason = (
+                f"AUC {report['roc_auc']} is worse than v{current.version}'s {previous_auc:.4f}"
+            )
+    artifact, signature = dump(model, secret)
+    row = PredictiveModel(
+        version=next_version(session),
+        status=status,
+        reason=reason,
+        algorithm=ALGORITHM,
+        label_days=label_days,
+        trained_at=now,
+        holdout_cutoff=holdout_cutoff,
+        train_rows=rows,
+        train_positives=positives,
+        holdout_rows=len(holdout.labels),
+        holdout_positives=holdout_positives,
+        metrics=report,
+        feature_names=list(features.FEATURES),
+        artifact=artifact,
+        artifact_signature=signature,
+    )
+    session.flush()
+    session.add(row)
+    session.flush()
+    return row

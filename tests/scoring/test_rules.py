@@ -1,0 +1,230 @@
+"""Rule scores: each rule type, daily limits, first-time-only, decay arithmetic, the ledger
+adding up, redelivery, and rescoring giving what incremental scoring gave."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from core import feed
+from core.clock import clock
+from core.db import session_scope
+from scoring import scorer
+from scoring.engine import current_score, decayed
+from scoring.models import ContactScore, ScoreEntry, ScoringRule, ScoringSettings
+from tests.scoring.conftest import T0, add_event, make_contact, page, process_feed
+
+
+def score(contact_id: uuid.UUID) -> float:
+    with session_scope() as session:
+        row = session.get(ContactScore, contact_id)
+        settings = scorer.scoring_settings(session)
+        return 0.0 if row is None else current_score(row, clock.now(), settings.half_life_days)
+
+
+def ledger_points(contact_id: uuid.UUID) -> dict[str, float]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(ScoringRule.name, func.sum(ScoreEntry.points))
+            .join(ScoringRule, ScoringRule.id == ScoreEntry.rule_id)
+            .where(ScoreEntry.contact_id == contact_id)
+            .group_by(ScoringRule.name)
+        ).all()
+    return {name: total for name, total in rows}
+
+
+def rule_named(name: str) -> ScoringRule:
+    with session_scope() as session:
+        rule = session.scalar(select(ScoringRule).where(ScoringRule.name == name))
+        assert rule is not None
+        return rule
+
+
+@pytest.fixture(autouse=True)
+def frozen(backend: object) -> None:
+    clock.freeze(T0)
+    with session_scope() as session:
+        scorer.scoring_settings(session)
+
+
+def test_default_behaviour_rules_award_their_points(backend: object) -> None:
+    contact = make_contact(email="li@corp.cn")
+    add_event(contact, T0, "form_submitted", form="demo")
+    page(contact, T0, "/pricing")
+    page(contact, T0, "/")
+    add_event(contact, T0, "email_clicked")
+    add_event(contact, T0, "whitepaper_downloaded")
+    add_event(contact, T0, "email_opened")  # no rule: no points
+    process_feed()
+
+    assert ledger_points(contact) == {
+        "Form submitted": 50,
+        "Pricing page viewed": 10,
+        "Page view": 2,
+        "Email clicked": 5,
+        "Whitepaper downloaded": 15,
+    }
+    assert score(contact) == pytest.approx(82)
+
+
+def test_negative_rules_property_filters_and_first_time_only(backend: object) -> None:
+    contact = make_contact(email="wang@corp.cn")
+    add_event(contact, T0, "email_bounced", bounce_type="soft")
+    add_event(contact, T0, "email_bounced", bounce_type="hard")
+    add_event(contact, T0 + timedelta(days=1), "email_bounced", bounce_type="hard")
+    add_event(contact, T0, "email_unsubscribed")
+    add_event(contact, T0 + timedelta(days=2), "email_unsubscribed")
+    process_feed()
+    assert ledger_points(contact) == {"Hard bounce": -10, "Unsubscribed": -20}
+
+
+def test_the_daily_limit_counts_days_in_the_business_time_zone(backend: object) -> None:
+    contact = make_contact()
+    evening = T0.replace(hour=15, minute=0)  # 23:00 in Shanghai
+    for minute in range(12):
+        page(contact, evening + timedelta(minutes=minute))
+    after_midnight = T0.replace(hour=16, minute=5)  # 00:05 the next day in Shanghai
+    page(contact, after_midnight)
+    page(contact, after_midnight + timedelta(minutes=1))
+    process_feed()
+    assert ledger_points(contact) == {"Page view": 12}  # 10 capped + 2 on the new day
+
+
+def test_decay_halves_the_score_every_half_life_and_reading_is_exact(backend: object) -> None:
+    contact = make_contact()
+    add_event(contact, T0, "form_submitted")
+    process_feed()
+    clock.advance(timedelta(days=30))
+    assert score(contact) == pytest.approx(25)
+    clock.advance(timedelta(days=30))
+    assert score(contact) == pytest.approx(12.5)
+    add_event(contact, clock.now(), "whitepaper_downloaded")
+    process_feed()
+    assert score(contact) == pytest.approx(27.5)
+    clock.advance(timedelta(days=15))
+    assert score(contact) == pytest.approx(50 * 0.5**2.5 + 15 * 0.5**0.5)
+    assert decayed(8, T0, T0 + timedelta(days=90), 30) == pytest.approx(1)
+
+
+def test_a_shorter_half_life_rescores_every_contact(backend: object) -> None:
+    contact = make_contact()
+    add_event(contact, T0, "form_submitted")
+    process_feed()
+    clock.advance(timedelta(days=10))
+    with session_scope() as session:
+        session.execute(update(ScoringSettings).values(half_life_days=10))
+        scorer.rescore_all(session)
+    assert score(contact) == pytest.approx(25)
+
+
+def test_a_redelivered_batch_changes_nothing(backend: object) -> None:
+    contact = make_contact()
+    add_event(contact, T0, "form_submitted")
+    for minute in range(12):
+        page(contact, T0 + timedelta(minutes=minute))
+    process_feed()
+    clock.advance(timedelta(minutes=11))
+    with session_scope() as session:
+        session.execute(update(feed.FeedCursor).values(last_id=0))
+    process_feed()
+    assert ledger_points(contact) == {"Form submitted": 50, "Page view": 10}
+    assert score(contact) == pytest.approx(60, rel=1e-3)
+
+
+def test_rescoring_everything_gives_what_incremental_scoring_gave(backend: object) -> None:
+    """Random event streams scored batch by batch as they arrive (each batch later than the
+    last, shuffled within), then rederived from scratch in set-based SQL."""
+    rng = random.Random(4)
+    contacts = [make_contact() for _ in range(6)]
+    names = ["form_submitted", "email_clicked", "email_unsubscribed", "whitepaper_downloaded"]
+    for batch in range(5):
+        for _ in range(rng.randint(5, 25)):
+            contact = rng.choice(contacts)
+            at = T0 + timedelta(hours=batch * 20 + rng.uniform(0, 20))
+            if rng.random() < 0.6:
+                page(contact, at, rng.choice(["/", "/pricing", "/pricing/enterprise", "/docs"]))
+            else:
+                add_event(contact, at, rng.choice(names))
+        process_feed()
+    clock.advance(timedelta(days=5))
+
+    def snapshot() -> tuple[set, dict]:
+        with session_scope() as session:
+            lines = set(session.execute(select(ScoreEntry.rule_id, ScoreEntry.event_id)).all())
+        return lines, {c: round(score(c), 9) for c in contacts}
+
+    incremental = snapshot()
+    with session_scope() as session:
+        scorer.rescore_all(session)
+    assert snapshot() == incremental
+
+
+def test_changing_a_rule_rescores_every_contact(backend: object) -> None:
+    first, second = make_contact(), make_contact()
+    page(first, T0, "/pricing")
+    page(second, T0, "/pricing/team")
+    page(second, T0 + timedelta(minutes=1), "/pricing")
+    page(second, T0 + timedelta(minutes=2), "/pricing")
+    process_feed()
+    assert score(first) == pytest.approx(11) and score(second) == pytest.approx(23, rel=1e-4)
+
+    pricing = rule_named("Pricing page viewed")
+    with session_scope() as session:
+        rule = session.get(ScoringRule, pricing.id)
+        assert rule is not None
+        rule.points, rule.daily_limit, rule.version = 25, None, rule.version + 1
+        session.flush()
+        assert scorer.rescore_rule(session, rule.id, rule.version)
+    assert score(first) == pytest.approx(26) and score(second) == pytest.approx(78, rel=1e-4)
+    with session_scope() as session:
+        versions = set(
+            session.scalars(select(ScoreEntry.rule_version).where(ScoreEntry.rule_id == pricing.id))
+        )
+        assert versions == {pricing.version + 1}
+        assert not scorer.rescore_rule(session, pricing.id, pricing.version)  # superseded
+
+
+def test_the_stored_row_is_not_rewritten_when_nothing_changed(backend: object) -> None:
+    contact = make_contact()
+    add_event(contact, T0, "form_submitted")
+    process_feed()
+    with session_scope() as session:
+        before = session.get(ContactScore, contact)
+        assert before is not None
+        stamp = before.behavior_as_of
+    clock.advance(timedelta(days=3))
+    with session_scope() as session:
+        scorer.rescore_all(session)
+        after = session.get(ContactScore, contact)
+        assert after is not None and after.behavior_as_of == stamp
+
+
+def test_a_change_of_points_alone_reprices_earlier_awards_exactly(backend: object) -> None:
+    contact = make_contact()
+    page(contact, T0 - timedelta(days=30), "/pricing")
+    page(contact, T0 - timedelta(days=10), "/pricing")
+    process_feed()
+    pricing = rule_named("Pricing page viewed")
+    with session_scope() as session:
+        rule = session.get(ScoringRule, pricing.id)
+        assert rule is not None
+        rule.points, rule.version = 25, rule.version + 1
+        scorer.record_version(session, rule, "updated", None)
+        session.flush()
+        lines_before = session.scalar(select(func.count()).select_from(ScoreEntry))
+        assert scorer.rescore_rule(session, rule.id, rule.version)
+        assert session.scalar(select(func.count()).select_from(ScoreEntry)) == lines_before
+    expected = 26 * 0.5 + 26 * 0.5 ** (10 / 30)
+    assert score(contact) == pytest.approx(expected)
+    clock.advance(timedelta(days=7))
+    page(contact, clock.now(), "/pricing")
+    process_feed()
+    repriced = score(contact)
+    assert repriced == pytest.approx(expected * 0.5 ** (7 / 30) + 26)
+    with session_scope() as session:
+        scorer.rescore_all(session)  # rederived from the events: the same score
+    assert score(contact) == pytest.approx(repriced)

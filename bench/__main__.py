@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import attribution, capture, channels, ingest, results
+from bench import attribution, capture, channels, ingest, results, scoring
 from bench.options import Options
 
 GROUPS: dict[str, Callable[[Options], None]] = {
@@ -18,6 +18,7 @@ GROUPS: dict[str, Callable[[Options], None]] = {
     "ingest": ingest.run,
     "channels": channels.run,
     "attribution": attribution.run,
+    "scoring": scoring.run,
 }
 
 

@@ -126,7 +126,7 @@ def load_facts(
             select(Suppression.address, Suppression.reason).where(
                 Suppression.channel == channel, Suppression.address.in_(addresses)
             )
-        ).tuples()
+        )
         facts.suppressed = {address: reason for address, reason in rows}
     if contact_ids:
         for contact_id, sent_at in session.execute(
@@ -136,7 +136,7 @@ def load_facts(
                 Delivery.transactional.is_(False),
                 Delivery.sent_at >= now - CAP_HISTORY,
             )
-        ).tuples():
+        ):
             if sent_at is not None:
                 facts.marketing_sends[contact_id].append(sent_at)
     if channel == "sms" and addresses:
@@ -146,7 +146,7 @@ def load_facts(
                 Delivery.to_address.in_(addresses),
                 Delivery.sent_at > now - NUMBER_HISTORY,
             )
-        ).tuples():
+        ):
             if address is not None and sent_at is not None:
                 facts.number_sends[address].append(sent_at)
     return facts

@@ -54,7 +54,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "link-form-submissions": {"task": "capture.link_form_submissions", "schedule": 30.0},
             "resume-due-deliveries": {"task": "channels.resume_due", "schedule": 10.0},
             "rebuild-segments": {"task": "journeys.rebuild_segments", "schedule": 900.0},
+            "advance-journeys": {"task": "journeys.schedule", "schedule": 1.0},
             "enforce-handoff-sla": {"task": "handoff.enforce_sla", "schedule": 30.0},
+            "refresh-predictions": {"task": "scoring.predict_all", "schedule": 3600.0},
+            "retrain-predictive-model": {"task": "scoring.retrain", "schedule": 86400.0},
         },
     )
     app.set_default()

@@ -1,0 +1,170 @@
+"""The dossier a rep reads, and the notifications that go out through the channels' robots
+(against the local fake WeCom and DingTalk servers)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import insert, update
+
+from capture.models import Contact, Event, Visit
+from core.clock import clock
+from core.db import session_scope
+from handoff.service import enforce_sla
+from journeys.models import Enrollment, Journey, JourneyVersion
+from tests.channels.fakes import FakeRobots
+from tests.handoff.conftest import (
+    auth,
+    key_for,
+    make_contact,
+    make_rep,
+    make_rule,
+    make_team,
+    route,
+)
+
+
+def add_event(
+    contact_id: uuid.UUID, name: str | None, path: str | None = None, hours_ago: int = 2
+) -> None:
+    with session_scope() as session:
+        session.execute(
+            insert(Event).values(
+                source_id=uuid.uuid4(),
+                message_id=str(uuid.uuid4()),
+                contact_id=contact_id,
+                type="page" if path else "track",
+                name=name,
+                path=path,
+                url=f"https://acme.example{path}" if path else None,
+                properties={},
+                context={},
+                timestamp=clock.now() - timedelta(hours=hours_ago),
+                received_at=clock.now(),
+            )
+        )
+
+
+def hot_contact() -> uuid.UUID:
+    contact = make_contact(
+        {"name": "Wang Fang", "title": "VP of Operations", "city": "Chongqing"},
+        email="wang@cq-machines.cn",
+        company={"name": "CQ Machines", "size": 300, "industry": "manufacturing"},
+    )
+    for _ in range(3):
+        add_event(contact, None, "/pricing")
+    add_event(contact, "whitepaper_downloaded")
+    add_event(contact, "became_mql", hours_ago=1)
+    now = clock.now()
+    with session_scope() as session:
+        session.execute(
+            update(Contact)
+            .where(Contact.id == contact)
+            .values(
+                page_views=3,
+                first_touch_channel="paid_search",
+                first_touch_source="baidu",
+                last_touch_channel="paid_search",
+                last_touch_source="baidu",
+                last_touch_medium="cpc",
+                last_touch_campaign="spring-expo",
+            )
+        )
+        journey = Journey(id=uuid.uuid4(), name="Manufacturing nurture", status="live")
+        version = JourneyVersion(id=uuid.uuid4(), journey_id=journey.id, number=1)
+        session.add_all([journey, version])
+        session.flush()
+        session.add(
+            Enrollment(
+                journey_id=journey.id, version_id=version.id, contact_id=contact, current_node="a"
+            )
+        )
+        session.execute(
+            insert(Visit).values(
+                id=uuid.uuid4(),
+                contact_id=contact,
+                source_id=uuid.uuid4(),
+                started_at=now,
+                last_event_at=now,
+                channel="paid_search",
+                utm_source="baidu",
+                utm_campaign="spring-expo",
+            )
+        )
+    return contact
+
+
+def test_dossier_tells_the_whole_story(client: TestClient, admin_key: str, now: datetime) -> None:
+    make_rule("pool", 10, "pool")
+    first = make_rep("First")
+    routed = route(hot_contact())
+    clock.advance(timedelta(minutes=16))
+    with session_scope() as session:
+        assert enforce_sla(session) == 1  # nobody else to take it: it waits
+    url = f"/api/v1/handoff/leads/{routed.id}/dossier"
+    assert client.get(url, headers=auth(key_for(first))).status_code == 404
+    admin_view = client.get(url, headers=auth(admin_key))
+    assert admin_view.status_code == 200, admin_view.text
+    body: dict[str, Any] = admin_view.json()
+    assert body["summary"] == (
+        "Viewed /pricing 3× this week after a baidu cpc; whitepaper downloaded; "
+        "VP of Operations at a 300-person firm in Chongqing"
+    )
+    assert body["who"]["company"]["name"] == "CQ Machines"
+    assert body["who"]["email"] == "wang@cq-machines.cn"
+    assert body["why_now"]["mql_event"] is not None
+    assert {"score", "grade", "prediction", "by_rule"} <= set(body["why_now"])
+    assert body["what_they_did"]["top_pages"] == [{"path": "/pricing", "views": 3}]
+    assert [e["what"] for e in body["what_they_did"]["timeline"]] == [
+        "became mql",
+        "whitepaper downloaded",
+    ]
+    assert body["how_they_came"]["last_touch"]["campaign"] == "spring-expo"
+    assert body["how_they_came"]["channels"] == [
+        {"channel": "paid_search", "source": "baidu", "campaign": "spring-expo", "visits": 1}
+    ]
+    assert [(j["name"], j["status"]) for j in body["journeys"]] == [
+        ("Manufacturing nurture", "active")
+    ]
+    assert [(o["rep_name"], o["outcome"]) for o in body["previous_owners"]] == [
+        ("First", "sla_missed")
+    ]
+
+
+def create_robot(client: TestClient, admin_key: str, **body: Any) -> str:
+    answer = client.post("/api/v1/robots", json=body, headers=auth(admin_key))
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def test_rep_and_manager_are_notified_through_wecom_and_dingtalk(
+    channels_env: None, robots: FakeRobots, client: TestClient, admin_key: str, now: datetime
+) -> None:
+    wecom = create_robot(client, admin_key, name="Rep", kind="wecom", webhook_url=robots.wecom_url)
+    dingtalk = create_robot(
+        client,
+        admin_key,
+        name="Managers",
+        kind="dingtalk",
+        webhook_url=robots.dingtalk_url,
+        secret=robots.dingtalk_secret,
+    )
+    make_rule("pool", 10, "pool")
+    team = make_team("East", robot_id=uuid.UUID(dingtalk))
+    make_rep("Li", team_id=team, robot_id=uuid.UUID(wecom))
+    routed = route(hot_contact())
+    assert robots.errors == []
+    kind, body = robots.posts[0]
+    content = body["markdown"]["content"]
+    assert kind == "wecom" and "New lead for Li" in content
+    assert "VP of Operations at a 300-person firm in Chongqing" in content
+    assert f"/api/v1/handoff/leads/{routed.id}/dossier" in content
+    clock.advance(timedelta(minutes=15))
+    with session_scope() as session:
+        enforce_sla(session)
+    kind, body = robots.posts[1]
+    assert kind == "dingtalk" and "SLA missed by Li" in body["markdown"]["text"]
+    assert len(robots.posts) == 2

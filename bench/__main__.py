@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import attribution, capture, channels, ingest, results, scoring
+from bench import attribution, capture, channels, handoff, ingest, journeys, results, scoring
 from bench.options import Options
 
 GROUPS: dict[str, Callable[[Options], None]] = {
@@ -19,6 +19,8 @@ GROUPS: dict[str, Callable[[Options], None]] = {
     "channels": channels.run,
     "attribution": attribution.run,
     "scoring": scoring.run,
+    "journeys": journeys.run,
+    "handoff": handoff.run,
 }
 
 

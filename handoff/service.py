@@ -42,6 +42,7 @@ from handoff.schemas import (
     WonRequest,
 )
 from handoff.working_time import WorkingHours
+from journeys import register_handoff
 from scoring import emit, lifecycle
 
 MAX_MERGE_HOPS = 10
@@ -516,3 +517,26 @@ def crm_outcome(session: Session, body: CrmOutcome) -> Lead:
     return won(
         session, lead, None, WonRequest(revenue_fen=body.amount_fen, close_date=body.close_date)
     )
+
+
+def hand_off_from_journey(
+    session: Session,
+    *,
+    contact_id: uuid.UUID,
+    journey_id: uuid.UUID,
+    enrollment_id: uuid.UUID,
+    reason: str | None,
+    idempotency_key: str,
+) -> dict[str, Any]:
+    """A journey's handoff action: routes the contact once per step key (an open lead for
+    the contact is kept), and tells the journey's step history what happened."""
+    lead = route_contact(session, contact_id, "journey", idempotency_key)
+    return {
+        "lead_id": str(lead.id),
+        "lead_status": lead.status,
+        "rep_id": str(lead.rep_id) if lead.rep_id else None,
+        "reason": reason,
+    }
+
+
+register_handoff(hand_off_from_journey)

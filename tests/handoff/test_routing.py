@@ -198,3 +198,26 @@ def test_a_batch_of_mqls_from_the_feed_is_shared_fairly(backend: Backend, now: d
         feed.dispatch(session)
         owners = [lead.rep_id for lead in session.scalars(select(Lead))]
     assert sorted(map(str, owners)) == sorted(map(str, [a, a, b, b]))
+
+
+def test_a_journeys_handoff_step_routes_the_contact_once(backend: Backend, now: datetime) -> None:
+    from journeys import engine
+
+    standard_rules()
+    rep = make_rep("Pool rep")
+    contact_id = make_contact({"city": "Harbin"})
+    [hand_off] = engine._handoff  # handoff registers itself with journeys at import
+    step = {
+        "contact_id": contact_id,
+        "journey_id": uuid.uuid4(),
+        "enrollment_id": uuid.uuid4(),
+        "reason": "visited pricing",
+        "idempotency_key": "enrollment:node:1",
+    }
+    with session_scope() as session:
+        first = hand_off(session, **step)
+    with session_scope() as session:
+        again = hand_off(session, **step)
+    assert first == again
+    assert (first["rep_id"], first["lead_status"]) == (str(rep), "assigned")
+    assert lead(uuid.UUID(first["lead_id"])).trigger == "journey"

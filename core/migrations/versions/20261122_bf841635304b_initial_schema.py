@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 2be564fd500a
+Revision ID: bf841635304b
 Revises: 
-Create Date: 2026-11-22 21:34:39.641511
+Create Date: 2026-11-22 22:46:57.330098
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = '2be564fd500a'
+revision: str = 'bf841635304b'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -114,6 +114,16 @@ def upgrade() -> None:
     sa.Column('last_id', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('consumer', name=op.f('pk_feed_cursors'))
     )
+    op.create_table('journeys',
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('draft', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('live_version_id', sa.Uuid(), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_journeys'))
+    )
     op.create_table('predictive_models',
     sa.Column('version', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -174,6 +184,16 @@ def upgrade() -> None:
     sa.Column('min_positives', sa.Integer(), nullable=False),
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_scoring_settings'))
+    )
+    op.create_table('segments',
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('condition', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
+    sa.Column('rebuilt_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_segments'))
     )
     op.create_table('sim_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -297,6 +317,42 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['source_id'], ['sources.id'], name=op.f('fk_forms_source_id_sources')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_forms'))
     )
+    op.create_table('handoff_teams',
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('sla_minutes', sa.Integer(), nullable=False),
+    sa.Column('robot_id', sa.Uuid(), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['robot_id'], ['robots.id'], name=op.f('fk_handoff_teams_robot_id_robots')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_teams')),
+    sa.UniqueConstraint('name', name=op.f('uq_handoff_teams_name'))
+    )
+    op.create_table('journey_triggers',
+    sa.Column('journey_id', sa.Uuid(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('event_name', sa.String(length=200), nullable=True),
+    sa.Column('segment_id', sa.Uuid(), nullable=True),
+    sa.ForeignKeyConstraint(['journey_id'], ['journeys.id'], name=op.f('fk_journey_triggers_journey_id_journeys'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('journey_id', name=op.f('pk_journey_triggers'))
+    )
+    with op.batch_alter_table('journey_triggers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_journey_triggers_event_name'), ['event_name'], unique=False)
+        batch_op.create_index(batch_op.f('ix_journey_triggers_kind'), ['kind'], unique=False)
+        batch_op.create_index(batch_op.f('ix_journey_triggers_segment_id'), ['segment_id'], unique=False)
+
+    op.create_table('journey_versions',
+    sa.Column('journey_id', sa.Uuid(), nullable=False),
+    sa.Column('number', sa.Integer(), nullable=False),
+    sa.Column('definition', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('published_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.ForeignKeyConstraint(['journey_id'], ['journeys.id'], name=op.f('fk_journey_versions_journey_id_journeys'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_journey_versions'))
+    )
+    with op.batch_alter_table('journey_versions', schema=None) as batch_op:
+        batch_op.create_index('ix_journey_versions_journey_number', ['journey_id', 'number'], unique=True)
+
     op.create_table('robot_posts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('robot_id', sa.Uuid(), nullable=False),
@@ -320,6 +376,18 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_scoring_rule_versions')),
     sa.UniqueConstraint('rule_id', 'version', name=op.f('uq_scoring_rule_versions_rule_id_version'))
     )
+    op.create_table('segment_changes',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('segment_id', sa.Uuid(), nullable=False),
+    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('change', sa.String(length=8), nullable=False),
+    sa.Column('at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['segment_id'], ['segments.id'], name=op.f('fk_segment_changes_segment_id_segments'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_segment_changes'))
+    )
+    with op.batch_alter_table('segment_changes', schema=None) as batch_op:
+        batch_op.create_index('ix_segment_changes_segment_id_id', ['segment_id', 'id'], unique=False)
+
     op.create_table('sim_campaign_costs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -407,7 +475,8 @@ def upgrade() -> None:
     sa.Column('predicted_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_contact_scores_contact_id_contacts'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('contact_id', name=op.f('pk_contact_scores'))
+    sa.PrimaryKeyConstraint('contact_id', name=op.f('pk_contact_scores')),
+    postgresql_with={'fillfactor': 70}
     )
     with op.batch_alter_table('contact_scores', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contact_scores_probability'), ['probability'], unique=False)
@@ -454,6 +523,31 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_deliveries_journey_id'), ['journey_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_deliveries_provider_message_id'), ['provider_message_id'], unique=False)
         batch_op.create_index('ix_deliveries_status_next_attempt', ['status', 'next_attempt_at'], unique=False)
+
+    op.create_table('enrollments',
+    sa.Column('journey_id', sa.Uuid(), nullable=False),
+    sa.Column('version_id', sa.Uuid(), nullable=False),
+    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('current_node', sa.String(length=100), nullable=False),
+    sa.Column('next_run_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('wake_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('waiting_since', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('waiting_for_event', sa.String(length=200), nullable=True),
+    sa.Column('entered_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.Text(), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_enrollments_contact_id_contacts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['journey_id'], ['journeys.id'], name=op.f('fk_enrollments_journey_id_journeys'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['version_id'], ['journey_versions.id'], name=op.f('fk_enrollments_version_id_journey_versions')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_enrollments'))
+    )
+    with op.batch_alter_table('enrollments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_enrollments_contact_id'), ['contact_id'], unique=False)
+        batch_op.create_index('ix_enrollments_due', ['next_run_at'], unique=False)
+        batch_op.create_index('ix_enrollments_journey_contact', ['journey_id', 'contact_id'], unique=False)
+        batch_op.create_index('ix_enrollments_one_running', ['journey_id', 'contact_id'], unique=True, postgresql_where=sa.text("status IN ('active', 'waiting')"), sqlite_where=sa.text("status IN ('active', 'waiting')"))
 
     op.create_table('events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -504,6 +598,48 @@ def upgrade() -> None:
     with op.batch_alter_table('form_submissions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_form_submissions_form_id'), ['form_id'], unique=False)
 
+    op.create_table('handoff_reps',
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('email', sa.String(length=320), nullable=True),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('team_id', sa.Uuid(), nullable=True),
+    sa.Column('timezone', sa.String(length=64), nullable=False),
+    sa.Column('work_days', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('work_start', sa.String(length=5), nullable=False),
+    sa.Column('work_end', sa.String(length=5), nullable=False),
+    sa.Column('territories', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('industries', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('capacity', sa.Integer(), nullable=False),
+    sa.Column('weight', sa.Integer(), nullable=False),
+    sa.Column('on_duty', sa.Boolean(), nullable=False),
+    sa.Column('robot_id', sa.Uuid(), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['robot_id'], ['robots.id'], name=op.f('fk_handoff_reps_robot_id_robots')),
+    sa.ForeignKeyConstraint(['team_id'], ['handoff_teams.id'], name=op.f('fk_handoff_reps_team_id_handoff_teams')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_reps'))
+    )
+    with op.batch_alter_table('handoff_reps', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handoff_reps_team_id'), ['team_id'], unique=False)
+
+    op.create_table('handoff_rules',
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('strategy', sa.String(length=16), nullable=False),
+    sa.Column('team_id', sa.Uuid(), nullable=True),
+    sa.Column('condition', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
+    sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['team_id'], ['handoff_teams.id'], name=op.f('fk_handoff_rules_team_id_handoff_teams')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_rules'))
+    )
+    with op.batch_alter_table('handoff_rules', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handoff_rules_position'), ['position'], unique=False)
+
     op.create_table('identities',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('contact_id', sa.Uuid(), nullable=False),
@@ -552,6 +688,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.create_index('ix_score_ledger_contact_occurred', ['contact_id', 'occurred_at'], unique=False)
+
+    op.create_table('segment_members',
+    sa.Column('segment_id', sa.Uuid(), nullable=False),
+    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('entered_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_segment_members_contact_id_contacts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['segment_id'], ['segments.id'], name=op.f('fk_segment_members_segment_id_segments'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('segment_id', 'contact_id', name=op.f('pk_segment_members'))
+    )
+    with op.batch_alter_table('segment_members', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_segment_members_contact_id'), ['contact_id'], unique=False)
 
     op.create_table('sim_contacts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -667,6 +814,59 @@ def upgrade() -> None:
     with op.batch_alter_table('delivery_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_delivery_events_delivery_id'), ['delivery_id'], unique=False)
 
+    op.create_table('enrollment_steps',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('enrollment_id', sa.Uuid(), nullable=False),
+    sa.Column('journey_id', sa.Uuid(), nullable=False),
+    sa.Column('version_id', sa.Uuid(), nullable=False),
+    sa.Column('node_id', sa.String(length=100), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=300), nullable=False),
+    sa.Column('result', sa.String(length=16), nullable=False),
+    sa.Column('detail', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['enrollment_id'], ['enrollments.id'], name=op.f('fk_enrollment_steps_enrollment_id_enrollments'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_enrollment_steps')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_enrollment_steps_idempotency_key'))
+    )
+    with op.batch_alter_table('enrollment_steps', schema=None) as batch_op:
+        batch_op.create_index('ix_enrollment_steps_enrollment_id_id', ['enrollment_id', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_enrollment_steps_journey_id'), ['journey_id'], unique=False)
+
+    op.create_table('handoff_leads',
+    sa.Column('idempotency_key', sa.String(length=300), nullable=False),
+    sa.Column('external_deal_id', sa.String(length=200), nullable=True),
+    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('rep_id', sa.Uuid(), nullable=True),
+    sa.Column('team_id', sa.Uuid(), nullable=True),
+    sa.Column('trigger', sa.String(length=32), nullable=False),
+    sa.Column('mql_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('assigned_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('accept_by', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('accepted_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('first_contact_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('sla_breaches', sa.Integer(), nullable=False),
+    sa.Column('amount_fen', sa.BigInteger(), nullable=True),
+    sa.Column('revenue_fen', sa.BigInteger(), nullable=True),
+    sa.Column('close_date', sa.Date(), nullable=True),
+    sa.Column('outcome_reason', sa.Text(), nullable=True),
+    sa.Column('closed_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_handoff_leads_contact_id_contacts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['rep_id'], ['handoff_reps.id'], name=op.f('fk_handoff_leads_rep_id_handoff_reps')),
+    sa.ForeignKeyConstraint(['team_id'], ['handoff_teams.id'], name=op.f('fk_handoff_leads_team_id_handoff_teams')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_leads')),
+    sa.UniqueConstraint('external_deal_id', name=op.f('uq_handoff_leads_external_deal_id')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_handoff_leads_idempotency_key'))
+    )
+    with op.batch_alter_table('handoff_leads', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handoff_leads_accept_by'), ['accept_by'], unique=False)
+        batch_op.create_index('ix_handoff_leads_contact_status', ['contact_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_handoff_leads_rep_id'), ['rep_id'], unique=False)
+
     op.create_table('tracked_links',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('delivery_id', sa.Uuid(), nullable=False),
@@ -676,12 +876,77 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tracked_links')),
     sa.UniqueConstraint('delivery_id', 'position', name=op.f('uq_tracked_links_delivery_id_position'))
     )
+    op.create_table('handoff_activities',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('lead_id', sa.Uuid(), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('rep_id', sa.Uuid(), nullable=True),
+    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('occurred_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['lead_id'], ['handoff_leads.id'], name=op.f('fk_handoff_activities_lead_id_handoff_leads'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['rep_id'], ['handoff_reps.id'], name=op.f('fk_handoff_activities_rep_id_handoff_reps')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_activities'))
+    )
+    with op.batch_alter_table('handoff_activities', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handoff_activities_lead_id'), ['lead_id'], unique=False)
+
+    op.create_table('handoff_assignments',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('lead_id', sa.Uuid(), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('rep_id', sa.Uuid(), nullable=False),
+    sa.Column('assigned_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=32), nullable=True),
+    sa.ForeignKeyConstraint(['lead_id'], ['handoff_leads.id'], name=op.f('fk_handoff_assignments_lead_id_handoff_leads'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['rep_id'], ['handoff_reps.id'], name=op.f('fk_handoff_assignments_rep_id_handoff_reps')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_assignments')),
+    sa.UniqueConstraint('lead_id', 'seq', name=op.f('uq_handoff_assignments_lead_id_seq'))
+    )
+    op.create_table('handoff_decisions',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('lead_id', sa.Uuid(), nullable=False),
+    sa.Column('trigger', sa.String(length=32), nullable=False),
+    sa.Column('rule_id', sa.Uuid(), nullable=True),
+    sa.Column('rule_name', sa.String(length=200), nullable=False),
+    sa.Column('rule_kind', sa.String(length=20), nullable=False),
+    sa.Column('rep_id', sa.Uuid(), nullable=True),
+    sa.Column('skipped', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('decided_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['lead_id'], ['handoff_leads.id'], name=op.f('fk_handoff_decisions_lead_id_handoff_leads'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['rep_id'], ['handoff_reps.id'], name=op.f('fk_handoff_decisions_rep_id_handoff_reps')),
+    sa.ForeignKeyConstraint(['rule_id'], ['handoff_rules.id'], name=op.f('fk_handoff_decisions_rule_id_handoff_rules')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_handoff_decisions'))
+    )
+    with op.batch_alter_table('handoff_decisions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handoff_decisions_lead_id'), ['lead_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('handoff_decisions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handoff_decisions_lead_id'))
+
+    op.drop_table('handoff_decisions')
+    op.drop_table('handoff_assignments')
+    with op.batch_alter_table('handoff_activities', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handoff_activities_lead_id'))
+
+    op.drop_table('handoff_activities')
     op.drop_table('tracked_links')
+    with op.batch_alter_table('handoff_leads', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handoff_leads_rep_id'))
+        batch_op.drop_index('ix_handoff_leads_contact_status')
+        batch_op.drop_index(batch_op.f('ix_handoff_leads_accept_by'))
+
+    op.drop_table('handoff_leads')
+    with op.batch_alter_table('enrollment_steps', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_enrollment_steps_journey_id'))
+        batch_op.drop_index('ix_enrollment_steps_enrollment_id_id')
+
+    op.drop_table('enrollment_steps')
     with op.batch_alter_table('delivery_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_delivery_events_delivery_id'))
 
@@ -704,6 +969,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_sim_contacts_contact_id'))
 
     op.drop_table('sim_contacts')
+    with op.batch_alter_table('segment_members', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_segment_members_contact_id'))
+
+    op.drop_table('segment_members')
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.drop_index('ix_score_ledger_contact_occurred')
 
@@ -716,6 +985,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_identities_contact_id'))
 
     op.drop_table('identities')
+    with op.batch_alter_table('handoff_rules', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handoff_rules_position'))
+
+    op.drop_table('handoff_rules')
+    with op.batch_alter_table('handoff_reps', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handoff_reps_team_id'))
+
+    op.drop_table('handoff_reps')
     with op.batch_alter_table('form_submissions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_form_submissions_form_id'))
 
@@ -725,6 +1002,13 @@ def downgrade() -> None:
         batch_op.drop_index('ix_events_contact_timestamp')
 
     op.drop_table('events')
+    with op.batch_alter_table('enrollments', schema=None) as batch_op:
+        batch_op.drop_index('ix_enrollments_one_running', postgresql_where=sa.text("status IN ('active', 'waiting')"), sqlite_where=sa.text("status IN ('active', 'waiting')"))
+        batch_op.drop_index('ix_enrollments_journey_contact')
+        batch_op.drop_index('ix_enrollments_due')
+        batch_op.drop_index(batch_op.f('ix_enrollments_contact_id'))
+
+    op.drop_table('enrollments')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_status_next_attempt')
         batch_op.drop_index(batch_op.f('ix_deliveries_provider_message_id'))
@@ -749,11 +1033,26 @@ def downgrade() -> None:
     op.drop_table('templates')
     op.drop_table('sim_channels')
     op.drop_table('sim_campaign_costs')
+    with op.batch_alter_table('segment_changes', schema=None) as batch_op:
+        batch_op.drop_index('ix_segment_changes_segment_id_id')
+
+    op.drop_table('segment_changes')
     op.drop_table('scoring_rule_versions')
     with op.batch_alter_table('robot_posts', schema=None) as batch_op:
         batch_op.drop_index('ix_robot_posts_robot_posted')
 
     op.drop_table('robot_posts')
+    with op.batch_alter_table('journey_versions', schema=None) as batch_op:
+        batch_op.drop_index('ix_journey_versions_journey_number')
+
+    op.drop_table('journey_versions')
+    with op.batch_alter_table('journey_triggers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_journey_triggers_segment_id'))
+        batch_op.drop_index(batch_op.f('ix_journey_triggers_kind'))
+        batch_op.drop_index(batch_op.f('ix_journey_triggers_event_name'))
+
+    op.drop_table('journey_triggers')
+    op.drop_table('handoff_teams')
     op.drop_table('forms')
     with op.batch_alter_table('contacts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_contacts_user_id'))
@@ -771,6 +1070,7 @@ def downgrade() -> None:
     op.drop_table('suppressions')
     op.drop_table('sources')
     op.drop_table('sim_runs')
+    op.drop_table('segments')
     op.drop_table('scoring_settings')
     op.drop_table('scoring_rules')
     op.drop_table('robots')
@@ -778,6 +1078,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_predictive_models_status'))
 
     op.drop_table('predictive_models')
+    op.drop_table('journeys')
     op.drop_table('feed_cursors')
     op.drop_table('email_layouts')
     op.drop_table('companies')

@@ -9,21 +9,14 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from core.db import get_sessionmaker
+from core.db import session_scope
 from core.keys import ApiKey, Role, find_active_key
 
 
 def get_session() -> Iterator[Session]:
     """The request boundary: commits before the response is sent, rolls back on error."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

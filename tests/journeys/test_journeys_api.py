@@ -84,7 +84,13 @@ def test_marketer_builds_publishes_and_watches_a_journey(
         "pricing",
         "sales",
     ]
-    assert enrollment["steps"][-1]["result"] == "skipped"  # no handoff configured yet
+    handed_off = enrollment["steps"][-1]
+    assert handed_off["result"] == "done"
+    # No reps exist, so handoff keeps the lead waiting for the first eligible rep.
+    assert (handed_off["detail"]["lead_status"], handed_off["detail"]["rep_id"]) == (
+        "waiting",
+        None,
+    )
     stats = client.get(f"/api/v1/journeys/{journey['id']}/stats", headers=headers).json()
     assert (stats["enrolled"], stats["completed"]) == (1, 1)
     assert stats["nodes"]["clicked"]["branches"] == {"no": 1}

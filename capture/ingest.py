@@ -346,16 +346,36 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
     return [m for m in unique if (m.source_id, m.message_id) not in stored]
 
 
-def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
-    all_keys = {key for message in messages for key in message.keys}
-    key_owner: dict[IdentityKey, uuid.UUID] = {}
-    for chunk in _chunks(list(all_keys), 1000):
-        for row in session.execute(
-            select(Identity.kind, Identity.value, Identity.contact_id).where(
-                tuple_(Identity.kind, Identity.value).in_(chunk)
+def owners_of(session: Session, keys: Iterable[IdentityKey]) -> dict[IdentityKey, uuid.UUID]:
+    """The contact behind each known key: one index probe per key on (kind, value). A row
+    constructor IN list does not reliably use that index on PostgreSQL, so ask per kind."""
+    values_by_kind: dict[str, list[str]] = defaultdict(list)
+    for kind, value in keys:
+        values_by_kind[kind].append(value)
+    owners: dict[IdentityKey, uuid.UUID] = {}
+    for kind, values in values_by_kind.items():
+        if is_postgres(session):
+            rows: Iterable[Any] = session.execute(
+                text(
+                    "SELECT value, contact_id FROM identities"
+                    " WHERE kind = :kind AND value = ANY(:values)"
+                ),
+                {"kind": kind, "values": values},
             )
-        ):
-            key_owner[(row.kind, row.value)] = row.contact_id
+            owners.update(((kind, row.value), row.contact_id) for row in rows)
+            continue
+        for chunk in _chunks(values, 500):
+            rows = session.execute(
+                select(Identity.value, Identity.contact_id).where(
+                    Identity.kind == kind, Identity.value.in_(chunk)
+                )
+            )
+            owners.update(((kind, row.value), row.contact_id) for row in rows)
+    return owners
+
+
+def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
+    key_owner = owners_of(session, {key for message in messages for key in message.keys})
     contacts: dict[uuid.UUID, KnownContact] = {}
     owner_ids = list(set(key_owner.values()))
     for chunk in _chunks(owner_ids, 1000):

@@ -228,6 +228,9 @@ def bulk_update(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
         staging_name, MetaData(), *(Column(c.name, c.type) for c in table.c if c.name in rows[0])
     )
     bulk_insert(session, staging, rows)
+    # Temp tables get no statistics of their own; without them the planner may scan the
+    # whole target table instead of probing its primary key once per staged row.
+    session.execute(text(f"ANALYZE {staging_name}"))
     assignments = ", ".join(f"{name} = s.{name}" for name in columns)
     session.execute(
         text(f"UPDATE {table.name} t SET {assignments} FROM {staging_name} s WHERE t.id = s.id")

@@ -18,6 +18,7 @@ from channels.router import router as channels_router
 from handoff.router import router as handoff_router
 from journeys.router import router as journeys_router
 from scoring.router import router as scoring_router
+from worker.app import celery_app
 
 
 def create_server_app() -> ASGIApp:
@@ -27,6 +28,9 @@ def create_server_app() -> ASGIApp:
 
 
 def create_app() -> FastAPI:
+    # Tasks queued after commit in a request bind to the current Celery app: it must be ours
+    # (Redis or the embedded broker), not Celery's default AMQP app.
+    celery_app.set_default()
     app = FastAPI(
         title="Nurture",
         version="0.1.0",

@@ -14,8 +14,14 @@ TASK_MODULES = [
     "channels.tasks",
     "scoring.tasks",
     "handoff.tasks",
+    "attribution.tasks",
     "journeys.tasks",
 ]
+
+
+# A tick not picked up within a few seconds is dropped, so a busy or starting worker does
+# not face a pile of stale ticks; the next tick does the same work.
+EVERY_SECOND = {"expires": 5.0}
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -50,13 +56,24 @@ def create_celery(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         beat_schedule_filename=str((settings.data_dir / "beat-schedule").resolve()),
         beat_schedule={
-            "dispatch-change-feed": {"task": "core.dispatch_feed", "schedule": 1.0},
+            "dispatch-change-feed": {
+                "task": "core.dispatch_feed",
+                "schedule": 1.0,
+                "options": EVERY_SECOND,
+            },
             "link-form-submissions": {"task": "capture.link_form_submissions", "schedule": 30.0},
             "resume-due-deliveries": {"task": "channels.resume_due", "schedule": 10.0},
             "rebuild-segments": {"task": "journeys.rebuild_segments", "schedule": 900.0},
-            "advance-journeys": {"task": "journeys.schedule", "schedule": 1.0},
+            "advance-journeys": {
+                "task": "journeys.schedule",
+                "schedule": 1.0,
+                "options": EVERY_SECOND,
+            },
             "enforce-handoff-sla": {"task": "handoff.enforce_sla", "schedule": 30.0},
+            "catch-up-attribution": {"task": "attribution.catch_up", "schedule": 60.0},
+            "refit-attribution": {"task": "attribution.refit", "schedule": 3600.0},
             "refresh-predictions": {"task": "scoring.predict_all", "schedule": 3600.0},
+            "write-down-score-decay": {"task": "scoring.decay_scores", "schedule": 86400.0},
             "retrain-predictive-model": {"task": "scoring.retrain", "schedule": 86400.0},
         },
     )

@@ -146,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _ingest_process() -> None:
     import logging
 
+    import worker.tasks  # noqa: F401  (each commit that stored events asks for a feed dispatch)
     from capture.ingest import run_forever
 
     logging.basicConfig(

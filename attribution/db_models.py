@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -79,8 +80,12 @@ class Conversion(Base):
 
 
 class CreditRun(Base):
-    """The credits of every conversion under one model and its parameters, kept and extended
-    as conversions arrive; reports read them instead of recomputing."""
+    """The credits of every conversion under one model and its parameters, extended in the
+    background as conversions arrive; reports only read them.
+
+    A Markov run also keeps its fit: each conversion kind's removal effect per key, learnt
+    from all paths at `fitted_at`. New conversions are credited from it until the next refit
+    rewrites every credit of the run."""
 
     __tablename__ = "attribution_credit_runs"
 
@@ -88,6 +93,10 @@ class CreditRun(Base):
     parameters: Mapped[str] = mapped_column(String(200), unique=True)
     model: Mapped[str] = mapped_column(String(32))
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    fit: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fit_version: Mapped[int] = mapped_column(Integer, default=0)
+    fitted_at: Mapped[datetime | None]
+    fitted_conversions: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RunConversion(Base):

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -108,7 +109,16 @@ class Event(Base):
         # message_id first, so the duplicate check can look message ids up on their own.
         UniqueConstraint("message_id", "source_id"),
         Index("ix_events_contact_timestamp", "contact_id", "timestamp"),
-        Index("ix_events_name_timestamp", "name", "timestamp"),
+        # Behaviour in segments ("did X within D days") reads contact ids from these alone.
+        Index("ix_events_name_timestamp", "name", "timestamp", postgresql_include=["contact_id"]),
+        Index(
+            "ix_events_page_path_timestamp",
+            "path",
+            "timestamp",
+            postgresql_include=["contact_id"],
+            postgresql_where=text("type = 'page'"),
+            sqlite_where=text("type = 'page'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)

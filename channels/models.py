@@ -24,6 +24,7 @@ from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, utcnow
 CHANNELS = ("email", "sms", "webhook", "wecom", "dingtalk")
 STATUSES = (
     "queued",
+    "sending",
     "sent",
     "delivered",
     "opened",
@@ -69,7 +70,10 @@ class Template(UUIDPrimaryKey, Timestamps, Base):
 
 
 class Delivery(UUIDPrimaryKey, Timestamps, Base):
-    """One message to one contact on one channel, held once by its idempotency key."""
+    """One message to one contact on one channel, held once by its idempotency key.
+
+    A message to an explicit address (a sales rep, not a contact) has no contact: its address
+    is in `target["to"]` and `to_address`."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -79,7 +83,9 @@ class Delivery(UUIDPrimaryKey, Timestamps, Base):
     )
 
     idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
-    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE")
+    )
     channel: Mapped[str] = mapped_column(String(16))
     template_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("templates.id", ondelete="SET NULL")
@@ -100,6 +106,9 @@ class Delivery(UUIDPrimaryKey, Timestamps, Base):
     campaign: Mapped[str | None] = mapped_column(String(200), index=True)
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     target: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Set in its own commit just before the provider call: a "sending" delivery with it set
+    # may have gone out; without it, it was only reserved by a run.
+    sending_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     opened_at: Mapped[datetime | None]

@@ -57,6 +57,7 @@ class Rep(UUIDPrimaryKey, Timestamps, Base):
     weight: Mapped[int] = mapped_column(Integer, default=1)
     on_duty: Mapped[bool] = mapped_column(Boolean, default=True)
     robot_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("robots.id"))
+    notify_by_email: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class RoutingRule(UUIDPrimaryKey, Timestamps, Base):

@@ -80,7 +80,9 @@ class ScoringRuleVersion(Base):
 
 
 class ScoreEntry(Base):
-    """One line of a contact's behavioural score: points at `occurred_at`, decaying from there.
+    """One line of a contact's behavioural score. An award (`rule`) or `manual` adjustment is
+    points at `occurred_at`, decaying from there; a `decay` line writes down how much the score
+    cooled since its previous write, so the lines sum to the stored score at its as-of time.
 
     Award lines are unique per (rule, event), so a redelivered event never scores twice.
     """
@@ -105,8 +107,9 @@ class ScoreEntry(Base):
 
 
 class ContactScore(Base):
-    """A contact's scores kept ready to read: the behavioural score as of `behavior_as_of`
-    (multiply by 0.5 ** (elapsed / half-life) for any later time), fit, grade, probability."""
+    """A contact's scores kept ready to read: the behavioural score as of `behavior_as_of` (the
+    sum of its ledger lines; multiply by 0.5 ** (elapsed / half-life) for any later time), fit,
+    grade, probability."""
 
     __tablename__ = "contact_scores"
     # Room on each page lets rescoring update rows in place (HOT), without touching indexes.

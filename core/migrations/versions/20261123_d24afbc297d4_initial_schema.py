@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: bf841635304b
+Revision ID: d24afbc297d4
 Revises: 
-Create Date: 2026-11-22 22:46:57.330098
+Create Date: 2026-11-23 00:36:52.781042
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'bf841635304b'
+revision: str = 'd24afbc297d4'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -49,6 +49,10 @@ def upgrade() -> None:
     sa.Column('parameters', sa.String(length=200), nullable=False),
     sa.Column('model', sa.String(length=32), nullable=False),
     sa.Column('computed_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('fit', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('fit_version', sa.Integer(), nullable=False),
+    sa.Column('fitted_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('fitted_conversions', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_attribution_credit_runs')),
     sa.UniqueConstraint('parameters', name=op.f('uq_attribution_credit_runs_parameters'))
     )
@@ -63,14 +67,17 @@ def upgrade() -> None:
     )
     op.create_table('change_feed',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('position', sa.BigInteger(), nullable=True),
     sa.Column('kind', sa.String(length=32), nullable=False),
     sa.Column('contact_id', sa.Uuid(), nullable=False),
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_change_feed'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_change_feed')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('change_feed', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_change_feed_contact_id'), ['contact_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_change_feed_position'), ['position'], unique=False)
 
     op.create_table('channel_alerts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -483,7 +490,7 @@ def upgrade() -> None:
 
     op.create_table('deliveries',
     sa.Column('idempotency_key', sa.String(length=300), nullable=False),
-    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('contact_id', sa.Uuid(), nullable=True),
     sa.Column('channel', sa.String(length=16), nullable=False),
     sa.Column('template_id', sa.Uuid(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -502,6 +509,7 @@ def upgrade() -> None:
     sa.Column('campaign', sa.String(length=200), nullable=True),
     sa.Column('context', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('target', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('sending_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('sent_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('delivered_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('opened_at', core.models.UTCDateTime(timezone=True), nullable=True),
@@ -578,7 +586,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_contact_timestamp', ['contact_id', 'timestamp'], unique=False)
-        batch_op.create_index('ix_events_name_timestamp', ['name', 'timestamp'], unique=False)
+        batch_op.create_index('ix_events_name_timestamp', ['name', 'timestamp'], unique=False, postgresql_include=['contact_id'])
+        batch_op.create_index('ix_events_page_path_timestamp', ['path', 'timestamp'], unique=False, postgresql_include=['contact_id'], postgresql_where=sa.text("type = 'page'"), sqlite_where=sa.text("type = 'page'"))
 
     op.create_table('form_submissions',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -613,6 +622,7 @@ def upgrade() -> None:
     sa.Column('weight', sa.Integer(), nullable=False),
     sa.Column('on_duty', sa.Boolean(), nullable=False),
     sa.Column('robot_id', sa.Uuid(), nullable=True),
+    sa.Column('notify_by_email', sa.Boolean(), nullable=False),
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
@@ -998,7 +1008,8 @@ def downgrade() -> None:
 
     op.drop_table('form_submissions')
     with op.batch_alter_table('events', schema=None) as batch_op:
-        batch_op.drop_index('ix_events_name_timestamp')
+        batch_op.drop_index('ix_events_page_path_timestamp', postgresql_include=['contact_id'], postgresql_where=sa.text("type = 'page'"), sqlite_where=sa.text("type = 'page'"))
+        batch_op.drop_index('ix_events_name_timestamp', postgresql_include=['contact_id'])
         batch_op.drop_index('ix_events_contact_timestamp')
 
     op.drop_table('events')
@@ -1088,6 +1099,7 @@ def downgrade() -> None:
 
     op.drop_table('channel_alerts')
     with op.batch_alter_table('change_feed', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_change_feed_position'))
         batch_op.drop_index(batch_op.f('ix_change_feed_contact_id'))
 
     op.drop_table('change_feed')

@@ -16,7 +16,7 @@ from bench.environment import BenchEnvironment, bench_environment
 from bench.load import LoadError, LoadResult, check_post, post_load
 from bench.options import Options
 from bench.results import at_least, record
-from bench.server import serve
+from bench.server import Server, serve
 
 REPETITIONS = 3
 WARM_UP_SECONDS = 2.0
@@ -40,13 +40,13 @@ def run(options: Options) -> None:
         )
         server_environment = environment.server_environment()
         with (
-            serve("bench.hello_asgi:app", server_environment) as hello_url,
-            serve("api.main:app", server_environment) as api_url,
+            serve("bench.hello_asgi:app", server_environment) as hello_server,
+            serve("api.main:app", server_environment) as api_server,
         ):
-            hello = Endpoint(hello_url + "/", track_body, headers, environment)
-            track = Endpoint(api_url + "/v1/track", track_body, headers, environment, 1)
+            hello = Endpoint(hello_server, "/", track_body, headers, environment)
+            track = Endpoint(api_server, "/v1/track", track_body, headers, environment, 1)
             batch_endpoint = Endpoint(
-                api_url + "/v1/batch", batch_body, headers, environment, BATCH_SIZE
+                api_server, "/v1/batch", batch_body, headers, environment, BATCH_SIZE
             )
             for endpoint in (hello, track, batch_endpoint):
                 endpoint.warm_up()
@@ -83,13 +83,15 @@ class Endpoint:
 
     def __init__(
         self,
-        url: str,
+        server: Server,
+        path: str,
         body: bytes,
         headers: dict[str, str],
         environment: BenchEnvironment,
         events_per_request: int = 0,
     ) -> None:
-        self.url = url
+        self.server = server
+        self.url = server.url + path
         self.body = body
         self.headers = headers
         self.environment = environment
@@ -102,15 +104,20 @@ class Endpoint:
 
     def measure(self, seconds: float, label: str) -> LoadResult:
         self.environment.clear_queue()
+        cpu_before = self.server.cpu_seconds()
         result = post_load(self.url, self.body, self.headers, seconds)
+        cpu_after = self.server.cpu_seconds()
         expected = result.requests * self.events_per_request
         queued = self.environment.queued_events() if expected else 0
         if queued < expected:
             raise LoadError(f"{label}: {expected} events answered 200 but {queued} were queued")
         self.environment.clear_queue()
+        cpu = ""
+        if cpu_before is not None and cpu_after is not None:
+            cpu = f"  server CPU {(cpu_after - cpu_before) / result.requests * 1e6:6.1f} µs/request"
         print(
             f"  {label}: {result.requests_per_second:9,.0f} requests/s  "
-            f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms"
+            f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms{cpu}"
         )
         return result
 

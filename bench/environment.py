@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import psycopg
 import redis
 
+from capture.envelope import payload_event_count
 from capture.queue import reset_queue
 from capture.sources import create_source, write_keys
 from core import db, settings
@@ -45,7 +45,7 @@ class BenchEnvironment:
         total, start = 0, "-"
         while True:
             entries = client.xrange(self.stream, min=start, count=1000)
-            total += sum(len(orjson.loads(fields[b"d"])) for _, fields in entries)
+            total += sum(payload_event_count(fields[b"d"]) for _, fields in entries)
             if len(entries) < 1000:
                 return total
             start = "(" + entries[-1][0].decode()

@@ -1,9 +1,10 @@
 """The ingest worker: drains the capture queue in batches into contacts, visits and events.
 
 One batch is one transaction of set-based SQL: identities resolved in memory against one
-lookup, new rows inserted in bulk, profiles updated with one executemany. Queue entries are
-acked only after the commit, and messageIds already stored are skipped, so a redelivered or
-replayed batch changes nothing.
+lookup, new rows inserted in bulk (COPY on PostgreSQL), profiles folded by one UPDATE (see
+capture.profiles). While a batch is stored, the next is taken and parsed on a helper thread.
+Queue entries are acked only after the commit, and messageIds already stored are skipped, so
+a redelivered or replayed batch changes nothing.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import socket
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from capture.enrichment import DeviceInfo, Touch, anonymize_ip, parse_user_agent
+from capture.envelope import queued_envelopes
+from capture.event_store import insert_events, publish_stored
 from capture.identity import clean_json, normalize_email, normalize_phone
 from capture.merge import fold
 from capture.models import (
@@ -39,14 +42,13 @@ from capture.models import (
     FormSubmission,
     Identity,
 )
+from capture.profiles import update_profiles
 from capture.queue import CaptureQueue, get_queue
 from capture.resolution import IdentityKey, KnownContact, Resolver
 from capture.visits import assign_visits
-from core import feed
 from core.clock import clock
 from core.db import (
     bulk_insert,
-    bulk_update,
     dialect_insert,
     get_sessionmaker,
     insert_new,
@@ -57,10 +59,13 @@ from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-ENTRIES_PER_TAKE = 200
-# About 2,000 typical events: large enough to amortise each set-based statement, small
+ENTRIES_PER_TAKE = 1000
+# About 5,000 typical events: large enough to amortise each set-based statement, small
 # enough to keep a batch's memory and transaction short.
-BATCH_BYTES = 1_000_000
+BATCH_BYTES = 5_000_000
+# Long lists of values go to PostgreSQL as one JSON parameter joined to the table: psycopg
+# adapts a Python list element by element in Python, which costs more than the lookup itself,
+# and the join makes one index probe per value.
 
 
 @dataclass
@@ -106,12 +111,41 @@ def drain_queue(queue: CaptureQueue | None = None, consumer: str | None = None) 
     """Processes everything queued right now; returns how many events were stored."""
     queue = queue or get_queue()
     consumer = consumer or default_consumer_name()
-    total = 0
-    while True:
-        entries = take_batch(queue, consumer, 0)
-        if not entries:
-            return total
-        total += process_entries(queue, entries).stored
+    return sum(
+        store_batch(queue, entries, batch).stored
+        for entries, batch in prepared_batches(queue, consumer, 0)
+    )
+
+
+def prepared_batches(
+    queue: CaptureQueue,
+    consumer: str,
+    block_ms: int,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[tuple[list[tuple[str, bytes]], ParsedBatch]]:
+    """Taken and parsed batches until a take comes back empty or `keep_going()` turns false.
+    The next batch is taken and parsed on a helper thread while the caller stores this one:
+    parsing is Python work and storing mostly waits for PostgreSQL, so the two overlap. A
+    batch taken ahead is always handed out before stopping, so none waits for a reclaim."""
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-prepare") as pool:
+        upcoming: Future[tuple[list[tuple[str, bytes]], ParsedBatch]] | None = pool.submit(
+            prepare_batch, queue, consumer, block_ms
+        )
+        while upcoming is not None:
+            entries, batch = upcoming.result()
+            if not entries:
+                return
+            upcoming = (
+                pool.submit(prepare_batch, queue, consumer, block_ms) if keep_going() else None
+            )
+            yield entries, batch
+
+
+def prepare_batch(
+    queue: CaptureQueue, consumer: str, block_ms: int
+) -> tuple[list[tuple[str, bytes]], ParsedBatch]:
+    entries = take_batch(queue, consumer, block_ms)
+    return entries, parse_batch(decode_entries(entries))
 
 
 def take_batch(queue: CaptureQueue, consumer: str, block_ms: int) -> list[tuple[str, bytes]]:
@@ -142,9 +176,8 @@ def run_forever(block_ms: int = 1000) -> None:
     log.info("ingest consumer %s started", consumer)
     while running:
         try:
-            entries = take_batch(queue, consumer, block_ms)
-            if entries:
-                process_entries(queue, entries)
+            for entries, batch in prepared_batches(queue, consumer, block_ms, lambda: running):
+                store_batch(queue, entries, batch)
         except Exception:
             # The entries stay pending and are reclaimed; a broken batch must not stop ingest.
             log.exception("ingest batch failed; it will be retried")
@@ -156,23 +189,38 @@ def default_consumer_name() -> str:
 
 
 def process_entries(queue: CaptureQueue, entries: list[tuple[str, bytes]]) -> BatchResult:
+    return store_batch(queue, entries, parse_batch(decode_entries(entries)))
+
+
+def decode_entries(entries: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     envelopes: list[dict[str, Any]] = []
     for _entry_id, payload in entries:
         envelopes.extend(orjson.loads(payload))
+    return envelopes
+
+
+def store_batch(
+    queue: CaptureQueue, entries: list[tuple[str, bytes]], batch: ParsedBatch
+) -> BatchResult:
+    """Stores a parsed batch in one transaction, then acks its entries."""
     with get_sessionmaker()() as session:
-        result = ingest(session, envelopes)
+        result = store(session, batch)
         session.commit()
     queue.ack([entry_id for entry_id, _ in entries])
     return result
 
 
-def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
-    """Stores one batch of envelopes; flushes, the caller commits."""
-    result = BatchResult()
+@dataclass
+class ParsedBatch:
+    messages: list[Message]
+    bot_hits: Counter[tuple[uuid.UUID, date, str]]
+
+
+def parse_batch(envelopes: list[dict[str, Any]]) -> ParsedBatch:
     anonymize = get_settings().anonymize_ip
     messages: list[Message] = []
     bot_hits: Counter[tuple[uuid.UUID, date, str]] = Counter()
-    for envelope in envelopes:
+    for envelope in queued_envelopes(envelopes):
         message = parse_message(envelope, anonymize)
         if message.device.is_bot:
             bot_hits[
@@ -180,6 +228,18 @@ def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
             ] += 1
             continue
         messages.append(message)
+    return ParsedBatch(messages, bot_hits)
+
+
+def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
+    """Stores one batch of envelopes; flushes, the caller commits."""
+    return store(session, parse_batch(envelopes))
+
+
+def store(session: Session, batch: ParsedBatch) -> BatchResult:
+    """Stores one parsed batch; flushes, the caller commits."""
+    result = BatchResult()
+    messages, bot_hits = batch.messages, batch.bot_hits
     result.bots = sum(bot_hits.values())
     record_bot_hits(session, bot_hits)
 
@@ -210,22 +270,15 @@ def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
 
     assign_visits(session, fresh)
     stored = insert_events(session, fresh)
-    stored_ids = {(row.source_id, row.message_id) for row in stored}
-    kept = [m for m in fresh if (m.source_id, m.message_id) in stored_ids]
+    if len(stored) == len(fresh):
+        kept = fresh
+    else:
+        stored_ids = {(row.source_id, row.message_id) for row in stored}
+        kept = [m for m in fresh if (m.source_id, m.message_id) in stored_ids]
     update_profiles(session, kept, plan.became_known)
     record_groups(session, kept)
     record_consents_and_forms(session, kept)
-    feed.publish(
-        session,
-        (
-            feed.Change(
-                feed.EVENT_STORED,
-                row.contact_id,
-                {"event_id": row.id, "type": row.type, "name": row.name},
-            )
-            for row in stored
-        ),
-    )
+    publish_stored(session, stored)
     session.flush()
     result.stored = len(stored)
     result.new_contacts = len(plan.new_contacts)
@@ -333,8 +386,12 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
     stored: set[tuple[uuid.UUID, str]] = set()
     if is_postgres(session):
         rows: Iterable[Any] = session.execute(
-            text("SELECT source_id, message_id FROM events WHERE message_id = ANY(:ids)"),
-            {"ids": message_ids},
+            text(
+                "SELECT e.source_id, e.message_id"
+                " FROM json_array_elements_text(CAST(:values AS json)) AS v(value)"
+                " JOIN events e ON e.message_id = v.value"
+            ),
+            {"values": orjson.dumps(message_ids).decode()},
         )
         stored.update((row.source_id, row.message_id) for row in rows)
     else:
@@ -346,50 +403,63 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
     return [m for m in unique if (m.source_id, m.message_id) not in stored]
 
 
-def owners_of(session: Session, keys: Iterable[IdentityKey]) -> dict[IdentityKey, uuid.UUID]:
-    """The contact behind each known key: one index probe per key on (kind, value). A row
-    constructor IN list does not reliably use that index on PostgreSQL, so ask per kind."""
+# The batch's keys, each with its owner, whether that owner is known, and the owner's user ids
+# (a row per user id): one index probe per key, one statement.
+KNOWN_KEYS = text(
+    "SELECT k.kind, k.value, i.contact_id, c.is_known, u.value AS user_id"
+    " FROM json_to_recordset(CAST(:keys AS json)) AS k(kind text, value text)"
+    " JOIN identities i ON i.kind = k.kind AND i.value = k.value"
+    " JOIN contacts c ON c.id = i.contact_id"
+    " LEFT JOIN identities u ON u.contact_id = c.id AND u.kind = 'user_id'"
+)
+
+
+def known_keys(
+    session: Session, keys: set[IdentityKey]
+) -> tuple[dict[IdentityKey, uuid.UUID], dict[uuid.UUID, KnownContact]]:
+    """The contact behind each key already known, and those contacts."""
+    key_owner: dict[IdentityKey, uuid.UUID] = {}
+    contacts: dict[uuid.UUID, KnownContact] = {}
+    if is_postgres(session):
+        document = orjson.dumps([{"kind": kind, "value": value} for kind, value in keys])
+        for kind, value, contact_id, is_known, user_id in session.execute(
+            KNOWN_KEYS, {"keys": document.decode()}
+        ):
+            key_owner[(kind, value)] = contact_id
+            contact = contacts.get(contact_id)
+            if contact is None:
+                contact = contacts[contact_id] = KnownContact(contact_id, is_known)
+            if user_id is not None:
+                contact.user_ids.add(user_id)
+        return key_owner, contacts
     values_by_kind: dict[str, list[str]] = defaultdict(list)
     for kind, value in keys:
         values_by_kind[kind].append(value)
-    owners: dict[IdentityKey, uuid.UUID] = {}
     for kind, values in values_by_kind.items():
-        if is_postgres(session):
-            rows: Iterable[Any] = session.execute(
-                text(
-                    "SELECT value, contact_id FROM identities"
-                    " WHERE kind = :kind AND value = ANY(:values)"
-                ),
-                {"kind": kind, "values": values},
-            )
-            owners.update(((kind, row.value), row.contact_id) for row in rows)
-            continue
         for chunk in _chunks(values, 500):
             rows = session.execute(
                 select(Identity.value, Identity.contact_id).where(
                     Identity.kind == kind, Identity.value.in_(chunk)
                 )
             )
-            owners.update(((kind, row.value), row.contact_id) for row in rows)
-    return owners
-
-
-def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
-    key_owner = owners_of(session, {key for message in messages for key in message.keys})
-    contacts: dict[uuid.UUID, KnownContact] = {}
+            key_owner.update(((kind, row.value), row.contact_id) for row in rows)
     owner_ids = list(set(key_owner.values()))
-    for chunk in _chunks(owner_ids, 1000):
+    for chunk in _chunks(owner_ids, 500):
         for contact_id, is_known in session.execute(
             select(Contact.id, Contact.is_known).where(Contact.id.in_(chunk))
         ):
             contacts[contact_id] = KnownContact(contact_id, is_known)
-    for chunk in _chunks(owner_ids, 1000):
         for owner_id, user_id in session.execute(
             select(Identity.contact_id, Identity.value).where(
                 Identity.contact_id.in_(chunk), Identity.kind == "user_id"
             )
         ):
             contacts[owner_id].user_ids.add(user_id)
+    return key_owner, contacts
+
+
+def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
+    key_owner, contacts = known_keys(session, {key for message in messages for key in message.keys})
     resolver = Resolver(key_owner, contacts)
     for message in messages:
         message.contact_id = resolver.resolve(message.keys)
@@ -451,197 +521,6 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
             if ours in plan.new_contacts and ours != row.contact_id:
                 plan.merges[ours] = row.contact_id
                 resolver.contacts.setdefault(row.contact_id, KnownContact(row.contact_id, True))
-
-
-def insert_events(session: Session, messages: list[Message]) -> list[Any]:
-    rows = [
-        {
-            "source_id": m.source_id,
-            "message_id": m.message_id,
-            "contact_id": m.contact_id,
-            "type": m.type,
-            "name": m.name,
-            "anonymous_id": m.anonymous_id,
-            "user_id": m.user_id,
-            "properties": m.traits if m.type == "identify" else m.properties,
-            "context": m.context,
-            "timestamp": m.timestamp,
-            "original_timestamp": m.original_timestamp,
-            "received_at": m.received_at,
-            "visit_id": m.visit_id,
-            "url": m.url,
-            "path": m.path,
-            "referrer": m.referrer,
-            "channel": m.channel,
-            "device_type": m.device.device_type,
-            "os": m.device.os,
-            "browser": m.device.browser,
-            "ip": m.ip,
-        }
-        for m in messages
-    ]
-    return insert_new(
-        session,
-        table_of(Event),
-        rows,
-        conflict_columns=("message_id", "source_id"),
-        returning=("id", "source_id", "message_id", "contact_id", "type", "name"),
-        owner_column="contact_id",
-    )
-
-
-@dataclass
-class ProfileDelta:
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
-    page_views: int = 0
-    event_counts: Counter[str] = field(default_factory=Counter)
-    traits: dict[str, Any] = field(default_factory=dict)
-    user_id: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    timezone: str | None = None
-    first_touch: tuple[datetime, str, str | None, str | None, str | None] | None = None
-    last_touch: tuple[datetime, str, str | None, str | None, str | None] | None = None
-
-
-def collect_deltas(messages: Iterable[Message]) -> dict[uuid.UUID, ProfileDelta]:
-    deltas: dict[uuid.UUID, ProfileDelta] = defaultdict(ProfileDelta)
-    for m in messages:
-        d = deltas[m.contact_id]
-        d.first_seen = m.timestamp if d.first_seen is None else min(d.first_seen, m.timestamp)
-        d.last_seen = m.timestamp if d.last_seen is None else max(d.last_seen, m.timestamp)
-        if m.type == "page":
-            d.page_views += 1
-        elif m.type == "track" and m.name:
-            d.event_counts[m.name] += 1
-        if m.type == "identify":
-            d.traits.update(m.traits)
-            d.email = m.traits.get("email") if "email" in m.traits else d.email
-            d.phone = m.traits.get("phone") if "phone" in m.traits else d.phone
-        if m.user_id:
-            d.user_id = m.user_id
-        tz = m.context.get("timezone")
-        if isinstance(tz, str) and valid_timezone(tz):
-            d.timezone = tz
-        touch = m.touch
-        if touch is not None:
-            entry = (m.timestamp, touch.channel, touch.source, touch.medium, touch.campaign)
-            if d.first_touch is None or entry[0] < d.first_touch[0]:
-                d.first_touch = entry
-            if d.last_touch is None or entry[0] >= d.last_touch[0]:
-                d.last_touch = entry
-    return deltas
-
-
-@lru_cache(maxsize=512)
-def valid_timezone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
-
-
-PROFILE_COLUMNS = (
-    Contact.id,
-    Contact.traits,
-    Contact.event_counts,
-    Contact.page_views,
-    Contact.first_seen_at,
-    Contact.last_seen_at,
-    Contact.first_touch_at,
-    Contact.first_touch_channel,
-    Contact.first_touch_source,
-    Contact.first_touch_medium,
-    Contact.first_touch_campaign,
-    Contact.last_touch_at,
-    Contact.last_touch_channel,
-    Contact.last_touch_source,
-    Contact.last_touch_medium,
-    Contact.last_touch_campaign,
-    Contact.user_id,
-    Contact.email,
-    Contact.phone,
-    Contact.timezone,
-    Contact.is_known,
-    Contact.lifecycle_stage,
-)
-
-
-def update_profiles(
-    session: Session, messages: list[Message], became_known: set[uuid.UUID]
-) -> None:
-    """Folds the batch into each contact's profile with one SELECT and one executemany."""
-    deltas = collect_deltas(messages)
-    if not deltas:
-        return
-    current = {}
-    for chunk in _chunks(list(deltas), 1000):
-        for row in session.execute(select(*PROFILE_COLUMNS).where(Contact.id.in_(chunk))):
-            current[row.id] = row
-    now = clock.now()
-    updates: list[dict[str, Any]] = []
-    trait_changes: list[feed.Change] = []
-    for contact_id, delta in deltas.items():
-        row = current[contact_id]
-        traits = dict(row.traits or {})
-        changed = {k: v for k, v in delta.traits.items() if traits.get(k) != v}
-        if changed:
-            trait_changes.append(
-                feed.Change(
-                    feed.TRAITS_CHANGED,
-                    contact_id,
-                    {"changed": {k: {"old": traits.get(k), "new": v} for k, v in changed.items()}},
-                )
-            )
-            traits.update(changed)
-        counts = dict(row.event_counts or {})
-        for name, count in delta.event_counts.items():
-            counts[name] = counts.get(name, 0) + count
-        first_touch = _touch_columns("first_touch", row, delta.first_touch, earliest=True)
-        last_touch = _touch_columns("last_touch", row, delta.last_touch, earliest=False)
-        is_known = bool(row.is_known or contact_id in became_known)
-        stage = row.lifecycle_stage or ("subscriber" if is_known else None)
-        updates.append(
-            {
-                "id": contact_id,
-                "traits": traits,
-                "event_counts": counts,
-                "page_views": (row.page_views or 0) + delta.page_views,
-                "first_seen_at": _min(row.first_seen_at, delta.first_seen),
-                "last_seen_at": _max(row.last_seen_at, delta.last_seen),
-                **first_touch,
-                **last_touch,
-                "user_id": delta.user_id or row.user_id,
-                "email": delta.email or row.email,
-                "phone": delta.phone or row.phone,
-                "timezone": delta.timezone or row.timezone,
-                "is_known": is_known,
-                "lifecycle_stage": stage,
-                "updated_at": now,
-            }
-        )
-    bulk_update(session, table_of(Contact), updates)
-    feed.publish(session, trait_changes)
-
-
-def _touch_columns(
-    prefix: str,
-    row: Any,
-    touch: tuple[datetime, str, str | None, str | None, str | None] | None,
-    earliest: bool,
-) -> dict[str, Any]:
-    current_at = getattr(row, f"{prefix}_at")
-    names = ("at", "channel", "source", "medium", "campaign")
-    keep = (
-        touch is None
-        or (current_at is not None and earliest and current_at <= touch[0])
-        or (current_at is not None and not earliest and current_at > touch[0])
-    )
-    if keep or touch is None:
-        return {f"{prefix}_{n}": getattr(row, f"{prefix}_{n}") for n in names}
-    return {f"{prefix}_{n}": value for n, value in zip(names, touch, strict=True)}
 
 
 def record_groups(session: Session, messages: list[Message]) -> None:
@@ -750,11 +629,3 @@ def record_consents_and_forms(session: Session, messages: list[Message]) -> None
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _min(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _max(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else max(a, b)

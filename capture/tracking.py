@@ -1,4 +1,5 @@
-"""The Segment tracking spec: decode a request body, validate each message, build envelopes.
+"""The Segment tracking spec at capture: decode a request body, validate each message, and
+write the request's queue record (its format and expansion live in `capture.envelope`).
 
 Hand-written rather than pydantic because this is the hottest path in the service and the
 checks are simple; errors still name the field (`batch.3.userId`).
@@ -19,10 +20,17 @@ from typing import Any
 
 import orjson
 
+from capture.envelope import build_envelope
+
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 MAX_ID_LENGTH = 200
 MAX_NAME_LENGTH = 200
 MAX_TIMESTAMP_LENGTH = 40
+ID_FIELDS = ("userId", "anonymousId", "messageId", "groupId", "previousId")
+NAME_FIELDS = ("event", "name")
+OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+TIMESTAMP_FIELDS = ("timestamp", "sentAt")
+EDGE_YEARS = (1, 9999)
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 ESCAPED_NUL = b"\\u0000"
 
@@ -80,210 +88,94 @@ def without_nul(value: Any) -> Any:
     return value
 
 
-def parse_timestamp(value: Any, field: str, errors: dict[str, str]) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_LENGTH:
-        errors[field] = "must be an ISO 8601 date-time string"
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        errors[field] = "is not a valid ISO 8601 date-time"
-        return None
-
-
-def _id(value: Any, field: str, errors: dict[str, str]) -> str | None:
-    if value is None or value == "":
-        return None
+def _id_problem(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        errors[field] = "must be a string"
-        return None
+        return "must be a string"
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID_LENGTH:
-        errors[field] = f"must be at most {MAX_ID_LENGTH} characters"
-        return None
+        return f"must be at most {MAX_ID_LENGTH} characters"
     if not text.isprintable() and CONTROL_CHARACTERS.search(text):
-        errors[field] = "must not contain control characters"
-        return None
-    return text
+        return "must not contain control characters"
+    return None
 
 
-def _object(value: Any, field: str, errors: dict[str, str]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        errors[field] = "must be a JSON object"
-        return {}
-    return value
-
-
-def _name(value: Any, field: str, errors: dict[str, str], required: bool) -> str | None:
-    if value is None or value == "":
-        if required:
-            errors[field] = "is required"
-        return None
+def _name_problem(value: Any) -> str | None:
     if not isinstance(value, str):
-        errors[field] = "must be a string"
-        return None
+        return "must be a string"
     if len(value) > MAX_NAME_LENGTH:
-        errors[field] = f"must be at most {MAX_NAME_LENGTH} characters"
-        return None
+        return f"must be at most {MAX_NAME_LENGTH} characters"
     if not value.isprintable() and CONTROL_CHARACTERS.search(value):
-        errors[field] = "must not contain control characters"
-        return None
-    return value
+        return "must not contain control characters"
+    return None
 
 
-def corrected_timestamp(
-    original: datetime | None,
-    sent_at: datetime | None,
-    received_at: datetime,
-    max_skew: timedelta,
-) -> datetime:
-    """Segment's clock-skew correction: the device clock may be wrong, but the gap between
-    the event and the send is measured on that same clock, so it carries over."""
-    if original is None:
-        return received_at
-    timestamp = original
-    if sent_at is not None:
-        try:
-            timestamp = received_at - (sent_at - original)
-        except OverflowError:
-            return received_at
-    return received_at if timestamp > received_at + max_skew else timestamp
+def _blank(value: Any) -> bool:
+    return value is None or value == ""
 
 
-def build_envelope(
-    message: dict[str, Any],
-    kind: str | None,
-    prefix: str,
-    received_at: datetime,
-    request_meta: dict[str, Any],
-    max_skew: timedelta,
-    errors: dict[str, str],
-) -> dict[str, Any] | None:
-    """Validates one Segment message; returns the queue envelope or records errors.
+def message_problems(message: dict[str, Any], kind: str | None) -> dict[str, str]:
+    """What is wrong with one Segment message, by field name; empty when it can be queued.
 
-    `request_meta` holds sourceId, ip, userAgent, sentAt and receivedAt (already a string).
-    """
-    before = len(errors)
+    `kind` is the call's type for single calls; batch items carry their own `type`. Each
+    check settles the usual value (a short printable string) inline: this runs per event."""
+    errors: dict[str, str] = {}
+    get = message.get
     if kind is None:
-        kind = message.get("type")
-        if kind not in MESSAGE_TYPES:
-            errors[prefix + "type"] = "must be one of " + ", ".join(sorted(MESSAGE_TYPES))
-            return None
-    user_id = _id(message.get("userId"), prefix + "userId", errors)
-    anonymous_id = _id(message.get("anonymousId"), prefix + "anonymousId", errors)
-    if user_id is None and anonymous_id is None and len(errors) == before:
-        errors[prefix + "userId"] = "userId or anonymousId is required"
-    message_id = _id(message.get("messageId"), prefix + "messageId", errors)
-    properties = _object(message.get("properties"), prefix + "properties", errors)
-    traits = _object(message.get("traits"), prefix + "traits", errors)
-    context = _object(message.get("context"), prefix + "context", errors)
-    integrations = _object(message.get("integrations"), prefix + "integrations", errors)
-    event = _name(message.get("event"), prefix + "event", errors, required=kind == "track")
-    name = _name(message.get("name"), prefix + "name", errors, required=False)
-    group_id = _id(message.get("groupId"), prefix + "groupId", errors)
-    previous_id = _id(message.get("previousId"), prefix + "previousId", errors)
-    if kind == "group" and group_id is None and prefix + "groupId" not in errors:
-        errors[prefix + "groupId"] = "is required for group"
-    if kind == "alias" and previous_id is None and prefix + "previousId" not in errors:
-        errors[prefix + "previousId"] = "is required for alias"
-    if kind == "alias" and user_id is None and prefix + "userId" not in errors:
-        errors[prefix + "userId"] = "is required for alias"
-    original = parse_timestamp(message.get("timestamp"), prefix + "timestamp", errors)
-    sent_at = request_meta["sentAt"]
-    if "sentAt" in message:
-        sent_at = parse_timestamp(message["sentAt"], prefix + "sentAt", errors)
-    if len(errors) > before:
-        return None
-
-    if kind == "identify" and not traits and isinstance(context.get("traits"), dict):
-        traits = context["traits"]
-    ip = context.get("ip")
-    user_agent = context.get("userAgent")
-    timestamp = corrected_timestamp(original, sent_at, received_at, max_skew)
-    return {
-        "type": kind,
-        "messageId": message_id or str(uuid.uuid4()),
-        "userId": user_id,
-        "anonymousId": anonymous_id,
-        "event": event,
-        "name": name,
-        "properties": properties,
-        "traits": traits,
-        "context": context,
-        "integrations": integrations,
-        "groupId": group_id,
-        "previousId": previous_id,
-        "timestamp": request_meta["receivedAt"]
-        if timestamp is received_at
-        else timestamp.isoformat(),
-        "originalTimestamp": original.isoformat() if original else None,
-        "receivedAt": request_meta["receivedAt"],
-        "sourceId": request_meta["sourceId"],
-        "ip": ip if isinstance(ip, str) else request_meta["ip"],
-        "userAgent": user_agent if isinstance(user_agent, str) else request_meta["userAgent"],
-    }
-
-
-def request_sent_at(body: dict[str, Any]) -> datetime | None:
-    """The body's `sentAt`, shared by every message of a batch that has none of its own."""
-    errors: dict[str, str] = {}
-    sent_at = parse_timestamp(body.get("sentAt"), "sentAt", errors)
-    if errors:
-        raise CaptureError(422, "invalid", _summary(errors), errors)
-    return sent_at
-
-
-def envelopes_for_batch(
-    body: dict[str, Any],
-    received_at: datetime,
-    request_meta: dict[str, Any],
-    max_skew: timedelta,
-    max_event_bytes: int,
-) -> list[dict[str, Any]]:
-    batch = body.get("batch")
-    if not isinstance(batch, list) or not batch:
-        raise CaptureError(
-            422, "invalid", "batch must be a non-empty list", {"batch": "must be a non-empty list"}
-        )
-    request_meta = {
-        **request_meta,
-        "sentAt": request_sent_at(body),
-        "receivedAt": received_at.isoformat(),
-    }
-    errors: dict[str, str] = {}
-    shared_context = _object(body.get("context"), "context", errors)
-    shared_integrations = _object(body.get("integrations"), "integrations", errors)
-    if errors:
-        raise CaptureError(422, "invalid", _summary(errors), errors)
-    envelopes: list[dict[str, Any]] = []
-    for index, item in enumerate(batch):
-        prefix = f"batch.{index}."
-        if not isinstance(item, dict):
-            errors[f"batch.{index}"] = "must be a JSON object"
+        kind = get("type")
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+            errors["type"] = "must be one of " + ", ".join(sorted(MESSAGE_TYPES))
+            return errors
+    for field in ID_FIELDS:
+        value = get(field)
+        if value is None or (
+            value.__class__ is str and len(value) <= MAX_ID_LENGTH and value.isprintable()
+        ):
             continue
-        if len(orjson.dumps(item)) > max_event_bytes:
-            raise CaptureError(
-                413,
-                "too_large",
-                f"batch.{index} is larger than {max_event_bytes} bytes",
-                {f"batch.{index}": f"is larger than {max_event_bytes} bytes"},
-            )
-        own_context = item.get("context")
-        if shared_context and (own_context is None or isinstance(own_context, dict)):
-            item = {**item, "context": {**shared_context, **(own_context or {})}}
-        if shared_integrations and "integrations" not in item:
-            item = {**item, "integrations": shared_integrations}
-        envelope = build_envelope(item, None, prefix, received_at, request_meta, max_skew, errors)
-        if envelope is not None:
-            envelopes.append(envelope)
-    if errors:
-        raise CaptureError(422, "invalid", _summary(errors), errors)
-    return envelopes
+        if value != "" and (problem := _id_problem(value)):
+            errors[field] = problem
+    user_id = get("userId")
+    no_user_id = user_id is None or user_id == ""
+    if "userId" not in errors and "anonymousId" not in errors and no_user_id:
+        anonymous_id = get("anonymousId")
+        if anonymous_id is None or anonymous_id == "":
+            errors["userId"] = "userId or anonymousId is required"
+        elif kind == "alias":
+            errors["userId"] = "is required for alias"
+    if kind == "group" and "groupId" not in errors and _blank(get("groupId")):
+        errors["groupId"] = "is required for group"
+    if kind == "alias" and "previousId" not in errors and _blank(get("previousId")):
+        errors["previousId"] = "is required for alias"
+    for field in OBJECT_FIELDS:
+        value = get(field)
+        if value is not None and not isinstance(value, dict):
+            errors[field] = "must be a JSON object"
+    for field in NAME_FIELDS:
+        value = get(field)
+        if value is None or value == "":
+            if field == "event" and kind == "track":
+                errors[field] = "is required"
+        elif not (
+            value.__class__ is str and len(value) <= MAX_NAME_LENGTH and value.isprintable()
+        ) and (problem := _name_problem(value)):
+            errors[field] = problem
+    for field in TIMESTAMP_FIELDS:
+        value = get(field)
+        if value is not None and value != "" and (problem := _timestamp_problem(value)):
+            errors[field] = problem
+    return errors
+
+
+def _timestamp_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_LENGTH:
+        return "must be an ISO 8601 date-time string"
+    try:
+        parsed = datetime.fromisoformat(value)
+        # Only a date at the calendar's edge can fall outside it once moved to UTC.
+        if parsed.year in EDGE_YEARS and parsed.tzinfo is not None:
+            parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return "is not a valid ISO 8601 date-time"
+    return None
 
 
 def envelope_for_single(
@@ -293,12 +185,78 @@ def envelope_for_single(
     request_meta: dict[str, Any],
     max_skew: timedelta,
 ) -> dict[str, Any]:
-    errors: dict[str, str] = {}
-    request_meta = {**request_meta, "sentAt": None, "receivedAt": received_at.isoformat()}
-    envelope = build_envelope(body, kind, "", received_at, request_meta, max_skew, errors)
-    if envelope is None:
+    """A finished queue envelope for one message, for producers other than the tracking API.
+
+    `request_meta` holds sourceId, ip and userAgent."""
+    errors = message_problems(body, kind)
+    if errors:
         raise CaptureError(422, "invalid", _summary(errors), errors)
-    return envelope
+    request = {**request_meta, "receivedAt": received_at.isoformat()}
+    return build_envelope(body, kind, request, received_at, None, max_skew)
+
+
+def single_record(body: dict[str, Any], kind: str, request: dict[str, Any]) -> bytes:
+    """The queue payload of a single call: one request record holding the message.
+
+    `request` holds sourceId, receivedAt (a datetime), ip and userAgent."""
+    errors = message_problems(body, kind)
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
+    if "writeKey" in body:
+        body = {key: value for key, value in body.items() if key != "writeKey"}
+    if _blank(body.get("messageId")):
+        body = {**body, "messageId": str(uuid.uuid4())}
+    return orjson.dumps([{"request": {**request, "type": kind}, "messages": [body]}])
+
+
+def batch_record(body: dict[str, Any], request: dict[str, Any], max_event_bytes: int) -> bytes:
+    """The queue payload of a batch call: one request record holding every item as sent.
+
+    Each item is encoded once, which both measures it against the per-event limit and
+    writes it into the payload."""
+    batch = body.get("batch")
+    if not isinstance(batch, list) or not batch:
+        raise CaptureError(
+            422, "invalid", "batch must be a non-empty list", {"batch": "must be a non-empty list"}
+        )
+    errors: dict[str, str] = {}
+    sent_at = body.get("sentAt")
+    if not _blank(sent_at) and (problem := _timestamp_problem(sent_at)):
+        errors["sentAt"] = problem
+    for field in ("context", "integrations"):
+        value = body.get(field)
+        if value is not None and not isinstance(value, dict):
+            errors[field] = "must be a JSON object"
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
+    request = dict(request)
+    for field in ("sentAt", "context", "integrations"):
+        if body.get(field):
+            request[field] = body[field]
+
+    encoded: list[bytes] = []
+    for index, item in enumerate(batch):
+        if not isinstance(item, dict):
+            errors[f"batch.{index}"] = "must be a JSON object"
+            continue
+        problems = message_problems(item, None)
+        if problems:
+            errors.update((f"batch.{index}.{field}", text) for field, text in problems.items())
+            continue
+        if _blank(item.get("messageId")):
+            item = {**item, "messageId": str(uuid.uuid4())}
+        item_bytes = orjson.dumps(item)
+        if len(item_bytes) > max_event_bytes:
+            raise CaptureError(
+                413,
+                "too_large",
+                f"batch.{index} is larger than {max_event_bytes} bytes",
+                {f"batch.{index}": f"is larger than {max_event_bytes} bytes"},
+            )
+        encoded.append(item_bytes)
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
+    return b'[{"request":%b,"messages":[%b]}]' % (orjson.dumps(request), b",".join(encoded))
 
 
 def _summary(errors: dict[str, str]) -> str:

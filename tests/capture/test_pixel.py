@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
+from capture.envelope import payload_envelopes
 from capture.models import Event
 from capture.queue import get_queue
 from capture.snippet_router import TRANSPARENT_GIF
@@ -23,7 +23,7 @@ from tests.conftest import Backend, drain, make_key, reset_caches
 
 def queued() -> list[dict[str, Any]]:
     entries = get_queue().take("test", 100, 0)
-    return [envelope for _id, payload in entries for envelope in orjson.loads(payload)]
+    return [envelope for _id, payload in entries for envelope in payload_envelopes(payload)]
 
 
 def assert_gif(response: Any, status: int = 200) -> None:

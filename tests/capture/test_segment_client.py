@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 import segment.analytics as analytics
 import uvicorn
@@ -17,6 +16,7 @@ from segment.analytics.request import APIError
 from sqlalchemy import select
 
 from api.app import create_server_app
+from capture.envelope import payload_envelopes
 from capture.models import Contact, Event
 from capture.queue import get_queue
 from core.db import session_scope
@@ -63,7 +63,7 @@ def send_everything(client: analytics.Client) -> dict[str, str]:
 
 def queued_envelopes() -> list[dict[str, Any]]:
     entries = get_queue().take("test", 100, 0)
-    return [envelope for _id, payload in entries for envelope in orjson.loads(payload)]
+    return [envelope for _id, payload in entries for envelope in payload_envelopes(payload)]
 
 
 def segment_client(write_key: str, host: str, use_gzip: bool, errors: list[Exception]) -> Any:

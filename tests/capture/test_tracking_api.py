@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from capture.envelope import payload_envelopes
 from capture.queue import get_queue
 from capture.sources import write_keys
 from core.clock import clock
@@ -40,7 +41,7 @@ def long_text(length: int) -> str:
 
 def queued() -> list[dict[str, Any]]:
     entries = get_queue().take("test", 100, 0)
-    return [envelope for _id, payload in entries for envelope in orjson.loads(payload)]
+    return [envelope for _id, payload in entries for envelope in payload_envelopes(payload)]
 
 
 def assert_error(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def test_batch_of_every_type_is_one_queue_entry(client: TestClient, write_key: s
     assert response.json() == {"success": True}
     entries = get_queue().take("test", 100, 0)
     assert len(entries) == 1
-    envelopes = orjson.loads(entries[0][1])
+    envelopes = payload_envelopes(entries[0][1])
     assert [e["type"] for e in envelopes] == list(SINGLE_CALLS)
     assert [e["messageId"] for e in envelopes] == [f"m-{k}" for k in SINGLE_CALLS]
 
@@ -389,6 +390,11 @@ INVALID_MESSAGES: dict[str, tuple[str, Any, str]] = {
         "batch.1",
     ),
     "batch item without type": ("/v1/batch", {"batch": [{"userId": "u"}]}, "batch.0.type"),
+    "batch item type a list": (
+        "/v1/batch",
+        {"batch": [{"type": ["track"], "userId": "u"}]},
+        "batch.0.type",
+    ),
     "batch item unknown type": (
         "/v1/batch",
         {"batch": [{"type": "x", "userId": "u"}]},

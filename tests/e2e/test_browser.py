@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 from sqlalchemy import select
 
 from api.app import create_server_app
+from capture.envelope import payload_envelopes
 from capture.models import ConsentRecord, Contact, Event, FormSubmission, Visit
 from capture.queue import get_queue
 from capture.sources import create_source
@@ -315,7 +315,7 @@ def test_snippet_queue_cookie_and_message_shape(
     assert messages[1]["properties"] == {"plan": "pro"}
     assert messages[2]["userId"] == messages[3]["userId"] == "user-42"
     assert messages[2]["traits"] == {"email": "ann@example.com"}
-    queued = [m for _id, p in get_queue().take("test", 100, 0) for m in orjson.loads(p)]
+    queued = [m for _id, p in get_queue().take("test", 100, 0) for m in payload_envelopes(p)]
     assert sorted(m["messageId"] for m in queued) == sorted(m["messageId"] for m in messages)
 
 
@@ -371,5 +371,5 @@ def test_events_pending_when_the_page_hides_go_by_beacon(
     assert [m["event"] for m in json.loads(beacon)["batch"]] == ["Left Page"]
     wait_until(lambda: queue.depth() == 2, "the beacon to be queued")
     page.close()
-    queued = [m for _id, p in queue.take("test", 100, 0) for m in orjson.loads(p)]
+    queued = [m for _id, p in queue.take("test", 100, 0) for m in payload_envelopes(p)]
     assert [(m["type"], m["event"]) for m in queued] == [("page", None), ("track", "Left Page")]

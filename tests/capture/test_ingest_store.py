@@ -1,0 +1,89 @@
+"""Ingest's storing step under races and at batch scale: a message another worker stored
+meanwhile, and profiles folded over several batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from capture.event_store import insert_events
+from capture.ingest import decode_entries, parse_batch
+from capture.queue import get_queue
+from capture.sources import create_source
+from core.db import session_scope
+from tests.capture.test_ingest import T0, contacts, events_of, page, send
+from tests.conftest import drain
+
+
+def test_a_message_another_worker_stored_meanwhile_is_skipped_not_failing_the_batch(pg_backend):
+    # PostgreSQL only: SQLite writers take turns, so no other worker can store meanwhile.
+    with session_scope() as session:
+        _, write_key = create_source(session, "race site", ["https://www.example.com"])
+    with TestClient(create_app()) as client:
+        _race(client, write_key)
+
+
+def _race(client: TestClient, write_key: str) -> None:
+    send(client, write_key, page("racer", "https://www.example.com/", T0))
+    [(entry_id, payload)] = get_queue().take("slow-worker", 10, 0)
+    [message] = parse_batch(decode_entries([(entry_id, payload)])).messages
+    get_queue().ack([entry_id])
+    send(client, write_key, page("racer", "https://www.example.com/", T0) | {
+        "messageId": message.message_id
+    })  # fmt: skip
+    assert drain() == 1  # the other worker stores it first
+    [contact] = contacts()
+    message.contact_id = contact.id
+    newer = dataclasses.replace(
+        message, message_id="racer-2", timestamp=message.timestamp + timedelta(minutes=1)
+    )
+    with session_scope() as session:
+        stored = insert_events(session, [message, newer])
+    assert [event.message_id for event in stored] == ["racer-2"]
+    assert [event.message_id for event in events_of(contact.id)] == [
+        message.message_id,
+        "racer-2",
+    ]
+
+
+def test_profiles_fold_across_batches_without_losing_counts_or_touches(client, write_key):
+    anon = "returning"
+    send(
+        client,
+        write_key,
+        page(anon, "https://www.example.com/?utm_source=baidu&utm_medium=cpc", T0),
+        {"type": "track", "anonymousId": anon, "event": "Viewed Pricing",
+         "timestamp": (T0 + timedelta(minutes=1)).isoformat()},
+    )  # fmt: skip
+    assert drain() == 2
+    send(
+        client,
+        write_key,
+        page(anon, "https://www.example.com/p", T0 + timedelta(days=2), "https://www.zhihu.com/"),
+        {"type": "track", "anonymousId": anon, "event": "Viewed Pricing",
+         "timestamp": (T0 + timedelta(days=2, minutes=1)).isoformat()},
+        {"type": "track", "anonymousId": anon, "event": "Requested Demo",
+         "timestamp": (T0 + timedelta(days=2, minutes=2)).isoformat()},
+        {"type": "identify", "anonymousId": anon, "traits": {"plan": "team"},
+         "context": {"timezone": "Asia/Shanghai"},
+         "timestamp": (T0 + timedelta(days=2, minutes=3)).isoformat()},
+    )  # fmt: skip
+    assert drain() == 4
+    [contact] = contacts()
+    assert contact.page_views == 2
+    assert contact.event_counts == {"Viewed Pricing": 2, "Requested Demo": 1}
+    assert (contact.first_seen_at, contact.last_seen_at) == (
+        T0,
+        T0 + timedelta(days=2, minutes=3),
+    )
+    assert (contact.first_touch_channel, contact.first_touch_at) == ("paid_search", T0)
+    assert (contact.last_touch_channel, contact.last_touch_at) == (
+        "organic_social",
+        T0 + timedelta(days=2),
+    )
+    assert contact.traits == {"plan": "team"}
+    assert contact.timezone == "Asia/Shanghai"
+    assert not contact.is_known and contact.lifecycle_stage is None

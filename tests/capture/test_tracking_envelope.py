@@ -1,0 +1,115 @@
+"""The queued form of a tracking request: one record per request holding the messages as
+sent and what they share once; the worker expands it into the same envelopes every time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from capture.envelope import payload_envelopes, payload_event_count
+from capture.models import Event
+from capture.queue import get_queue
+from capture.sources import write_keys
+from core.clock import clock
+from core.db import session_scope
+from tests.capture.test_tracking_api import basic
+from tests.conftest import drain
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def queued_payloads() -> list[bytes]:
+    return [payload for _id, payload in get_queue().take("test", 100, 0)]
+
+
+def test_a_batch_is_queued_as_one_record_with_what_its_messages_share(
+    client: TestClient, write_key: str
+) -> None:
+    clock.freeze(NOW)
+    items: list[dict[str, Any]] = [
+        {"type": "track", "userId": "u", "event": "A", "messageId": "m-a", "properties": {"n": 1}},
+        {"type": "page", "anonymousId": "x", "name": "B", "messageId": "m-b"},
+    ]
+    body = {
+        "batch": items,
+        "sentAt": (NOW - timedelta(hours=1)).isoformat(),
+        "context": {"library": {"name": "lib"}},
+        "integrations": {"All": False},
+    }
+
+    response = client.post("/v1/batch", json=body, headers={**basic(write_key), "User-Agent": "ua"})
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    [record] = orjson.loads(payload)
+    source = write_keys.lookup(write_key)
+    assert source is not None
+    assert record["request"] == {
+        "sourceId": str(source.id),
+        "receivedAt": NOW.isoformat(),
+        "ip": "testclient",
+        "userAgent": "ua",
+        "sentAt": body["sentAt"],
+        "context": body["context"],
+        "integrations": body["integrations"],
+    }
+    assert record["messages"] == items
+    assert payload_event_count(payload) == 2
+
+
+def test_a_single_call_is_queued_without_the_write_key_of_its_body(
+    client: TestClient, write_key: str
+) -> None:
+    body = orjson.dumps({"writeKey": write_key, "anonymousId": "a", "event": "Clicked"})
+
+    response = client.post(
+        "/v1/track", content=body, headers={"Content-Type": "text/plain;charset=UTF-8"}
+    )
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    assert write_key.encode() not in payload
+    [record] = orjson.loads(payload)
+    assert record["request"]["type"] == "track"
+    assert record["messages"] == [
+        {"anonymousId": "a", "event": "Clicked", "messageId": record["messages"][0]["messageId"]}
+    ]
+
+
+def test_message_ids_are_given_at_capture_so_every_expansion_agrees(
+    client: TestClient, write_key: str
+) -> None:
+    item = {"type": "track", "userId": "u", "event": "E"}
+
+    response = client.post("/v1/batch", json={"batch": [item, item]}, headers=basic(write_key))
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    first, second = payload_envelopes(payload)
+    assert len(first["messageId"]) == 36 and first["messageId"] != second["messageId"]
+    assert [e["messageId"] for e in payload_envelopes(payload)] == [
+        first["messageId"],
+        second["messageId"],
+    ]
+
+
+def test_a_request_record_delivered_twice_is_stored_once(
+    client: TestClient, write_key: str
+) -> None:
+    items = [{"type": "track", "userId": "u", "event": f"E{n}"} for n in range(3)]
+    response = client.post("/v1/batch", json={"batch": items}, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+
+    queue = get_queue()
+    queue.put_sync(payload)
+    queue.put_sync(payload)
+    drain()
+
+    with session_scope() as session:
+        stored = session.scalar(select(func.count()).select_from(Event))
+    assert stored == 3

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import compat32
+from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from functools import lru_cache
 from typing import Any
 
 from channels import templates, tokens
@@ -19,10 +20,29 @@ from channels.settings import ChannelSettings
 from core.clock import clock
 from core.settings import get_settings
 
-# The classic MIME classes build a message several times faster than EmailMessage, and long
-# List-Unsubscribe URLs stay on one line (RFC 5322 allows 998 characters) instead of being
-# folded or turned into encoded words that mailbox providers do not read in that header.
-WIRE_POLICY = compat32.clone(max_line_length=998, linesep="\r\n")
+MAX_LINE = 998  # RFC 5322
+
+
+class WirePolicy(Compat32):
+    """The classic policy (several times faster than EmailMessage's), with long
+    List-Unsubscribe URLs kept on one line (RFC 5322 allows 998 characters) instead of folded or
+    turned into encoded words that mailbox providers do not read in that header. A one-line
+    ASCII header that fits is written as it is: the Header folding machinery would return it
+    unchanged, at a third of the cost of composing a message."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and "\r" not in value
+            and "\n" not in value
+            and len(name) + len(value) + 2 <= MAX_LINE
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+WIRE_POLICY = WirePolicy(max_line_length=MAX_LINE, linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -38,30 +58,28 @@ def public_url(path: str) -> str:
     return get_settings().public_url.rstrip("/") + path
 
 
-def unsubscribe_url(delivery_id: uuid.UUID) -> str:
-    return public_url(f"/u/{tokens.delivery_token('unsubscribe', delivery_id)}")
-
-
-def preferences_url(delivery_id: uuid.UUID) -> str:
-    return public_url(f"/u/{tokens.delivery_token('unsubscribe', delivery_id)}/preferences")
+@lru_cache(maxsize=16)
+def parsed_sender(from_header: str) -> tuple[str, str]:
+    """(display name, address) of the configured From, parsed once, not per message."""
+    return parseaddr(from_header)
 
 
 def unsubscribe_mailbox(settings: ChannelSettings) -> str:
     if settings.unsubscribe_mailto:
         return settings.unsubscribe_mailto
-    domain = parseaddr(settings.smtp_from)[1].rpartition("@")[2] or "localhost"
+    domain = parsed_sender(settings.smtp_from)[1].rpartition("@")[2] or "localhost"
     return f"unsubscribe@{domain}"
 
 
 def utm_tags(
-    template: Template, campaign: str | None, context: Mapping[str, Any]
+    template: Template, campaign: str | None, context: Mapping[str, Any], medium: str = "email"
 ) -> dict[str, str]:
     journey = context.get("journey")
     if not isinstance(journey, Mapping):
         journey = {}
     return {
         "utm_source": "nurture",
-        "utm_medium": "email",
+        "utm_medium": medium,
         "utm_campaign": campaign or str(journey.get("name") or journey.get("id") or template.name),
     }
 
@@ -79,10 +97,13 @@ def compose(
     subject_prefix: str = "",
 ) -> ComposedEmail:
     """Renders and assembles the message; `delivery_id` None is a test send (no tracking)."""
-    unsubscribe = unsubscribe_url(delivery_id) if delivery_id and marketing else None
-    variables = {**variables, "unsubscribe_url": unsubscribe or "", "preferences_url": ""}
-    if delivery_id and marketing:
-        variables["preferences_url"] = preferences_url(delivery_id)
+    token = tokens.delivery_token("unsubscribe", delivery_id) if delivery_id and marketing else None
+    unsubscribe = public_url(f"/u/{token}") if token else None
+    variables = {
+        **variables,
+        "unsubscribe_url": unsubscribe or "",
+        "preferences_url": public_url(f"/u/{token}/preferences") if token else "",
+    }
     rendered = templates.render_email(
         template.subject or "",
         template.html or "",
@@ -105,9 +126,10 @@ def compose(
         pixel = public_url(f"/t/o/{tokens.delivery_token('open', tracked_id)}.gif")
         body_html = templates.add_open_pixel(body_html, pixel)
 
-    sender_name, sender_address = parseaddr(settings.smtp_from)
+    sender_name, sender_address = parsed_sender(settings.smtp_from)
     subject = subject_prefix + rendered.subject
-    message = MIMEMultipart("alternative")
+    # A random boundary cannot occur in the parts, so the generator need not search them for it.
+    message = MIMEMultipart("alternative", boundary=f"=_nurture_{uuid.uuid4().hex}")
     message["From"] = formataddr((sender_name, sender_address), charset="utf-8")
     message["To"] = recipient
     message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
@@ -117,7 +139,7 @@ def compose(
     if delivery_id is not None:
         message["X-Nurture-Delivery"] = str(delivery_id)
     if unsubscribe:
-        mailto = f"mailto:{unsubscribe_mailbox(settings)}?subject=unsubscribe-{delivery_id}"
+        mailto = f"mailto:{unsubscribe_mailbox(settings)}?subject=unsubscribe-{token}"
         message["List-Unsubscribe"] = f"<{unsubscribe}>, <{mailto}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.attach(MIMEText(rendered.text, "plain", "utf-8"))

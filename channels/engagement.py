@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 CHANNELS_SOURCE_ID = uuid.uuid5(uuid.NAMESPACE_URL, "nurture:channels")
 _PENDING_KEY = "nurture_channel_events"
 _BINDINGS_KEY = "nurture_contact_bindings"
+# Bindings committed by this session already: a run that commits after every message (sending)
+# writes each contact's binding once.
+_BOUND_KEY = "nurture_contact_bound"
 
 
 def contact_anonymous_id(session: Session, contact: Contact) -> str:
@@ -31,8 +34,9 @@ def contact_anonymous_id(session: Session, contact: Contact) -> str:
     whoever it is merged into later) without needing an email or user id on a track call.
     The binding is written with the transaction, for all contacts of the transaction at once."""
     anonymous_id = f"nurture-contact:{contact.id}"
-    bindings: dict[str, Any] = session.info.setdefault(_BINDINGS_KEY, {})
-    bindings.setdefault(anonymous_id, contact.id)
+    if anonymous_id not in session.info.get(_BOUND_KEY, ()):
+        bindings: dict[str, Any] = session.info.setdefault(_BINDINGS_KEY, {})
+        bindings.setdefault(anonymous_id, contact.id)
     return anonymous_id
 
 
@@ -72,6 +76,7 @@ def _bind_contacts(session: Session) -> None:
             for value, contact_id in sorted(bindings.items())
         ],
     )
+    session.info.setdefault(_BOUND_KEY, set()).update(bindings)
 
 
 @event.listens_for(Session, "after_commit")
@@ -89,3 +94,5 @@ def _put_pending(session: Session) -> None:
 def _drop_pending(session: Session, _previous: Any) -> None:
     session.info.pop(_PENDING_KEY, None)
     session.info.pop(_BINDINGS_KEY, None)
+    # A rollback may have undone bindings written since the last commit.
+    session.info.pop(_BOUND_KEY, None)

@@ -15,6 +15,7 @@ from channels import engagement, unsubscribe
 from channels.models import Delivery, DeliveryEvent
 from channels.outcome import Outcome, Result
 from channels.records import (
+    delivery_contact,
     mark_bounced,
     message_properties,
     record_event_once,
@@ -88,7 +89,7 @@ def email_feedback(session: Session, report: EmailFeedback) -> None:
         outcome = Outcome(Result.soft_bounce, report.code or "soft_bounce", reason)
     if delivery is not None and delivery.channel == "email":
         delivery.to_address = delivery.to_address or address
-        owner = session.get(Contact, delivery.contact_id)
+        owner = delivery_contact(session, delivery)
         mark_bounced(session, delivery, owner, outcome, hard=report.bounce_type == "hard")
     else:
         reason_code = "hard_bounce" if report.bounce_type == "hard" else "soft_bounce_limit"
@@ -108,7 +109,7 @@ def sms_report(session: Session, report: SmsReport) -> None:
     if delivery is None or delivery.channel != "sms":
         return
     delivery.provider_message_id = delivery.provider_message_id or report.biz_id
-    contact = session.get(Contact, delivery.contact_id)
+    contact = delivery_contact(session, delivery)
     if report.success:
         delivery.delivered_at = now
         if delivery.status == "sent":

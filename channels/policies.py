@@ -99,7 +99,7 @@ class PolicyFacts:
     number_sends: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
 
     def note_sent(self, delivery: Delivery, at: datetime) -> None:
-        if not delivery.transactional:
+        if not delivery.transactional and delivery.contact_id is not None:
             self.marketing_sends[delivery.contact_id].append(at)
         if delivery.channel == "sms" and delivery.to_address:
             self.number_sends[delivery.to_address].append(at)
@@ -137,7 +137,7 @@ def load_facts(
                 Delivery.sent_at >= now - CAP_HISTORY,
             )
         ):
-            if sent_at is not None:
+            if contact_id is not None and sent_at is not None:
                 facts.marketing_sends[contact_id].append(sent_at)
     if channel == "sms" and addresses:
         for address, sent_at in session.execute(
@@ -193,13 +193,14 @@ def per_number_limit(sends: list[datetime], now: datetime, s: ChannelSettings) -
 
 def evaluate(
     delivery: Delivery,
-    contact: Contact,
+    contact: Contact | None,
     address: str | None,
     now: datetime,
     s: ChannelSettings,
     facts: PolicyFacts,
 ) -> Decision:
-    """Applies every policy for one delivery at the moment of sending."""
+    """Applies every policy for one delivery at the moment of sending (a message to an explicit
+    address has no contact, and only the address policies apply)."""
     channel = delivery.channel
     if channel not in CONSENTED_CHANNELS:
         return SEND
@@ -209,7 +210,7 @@ def evaluate(
     if reason_code is not None:
         reason = f"{address} is on the suppression list ({reason_code})"
         return Decision(Verdict.suppress, f"suppressed_{reason_code}", reason)
-    if not delivery.transactional:
+    if not delivery.transactional and contact is not None:
         unsubscribed = (
             contact.email_unsubscribed if channel == "email" else contact.sms_unsubscribed
         )

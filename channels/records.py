@@ -54,6 +54,28 @@ def contact_view(contact: Contact) -> dict[str, Any]:
     }
 
 
+def recipient_view(contact: Contact | None, delivery: Delivery) -> dict[str, Any]:
+    """What templates see as `contact`: the contact, or only the address of an address send."""
+    if contact is not None:
+        return contact_view(contact)
+    address = delivery.to_address
+    return {
+        "id": None,
+        "email": address if delivery.channel == "email" else None,
+        "phone": address if delivery.channel == "sms" else None,
+        "traits": {},
+    }
+
+
+def delivery_contact(
+    session: Session, delivery: Delivery, *, for_update: bool = False
+) -> Contact | None:
+    """The contact a delivery went to; None for a message sent to an explicit address."""
+    if delivery.contact_id is None:
+        return None
+    return session.get(Contact, delivery.contact_id, with_for_update=for_update or None)
+
+
 def backoff(attempts: int, settings: ChannelSettings) -> timedelta:
     base = settings.retry_base_seconds * 2 ** max(0, attempts - 1)
     return min(MAX_BACKOFF, timedelta(seconds=base * random.uniform(0.9, 1.1)))
@@ -150,7 +172,7 @@ def message_properties(delivery: Delivery) -> dict[str, Any]:
 def record(
     session: Session,
     delivery: Delivery,
-    contact: Contact,
+    contact: Contact | None,
     outcome: Outcome,
     now: datetime,
     settings: ChannelSettings,
@@ -166,7 +188,7 @@ def record(
             delivery.delivered_at = now
         delivery.provider = PROVIDERS[delivery.channel]
         delivery.provider_message_id = outcome.message_id or delivery.provider_message_id
-        if delivery.channel in policies.CONSENTED_CHANNELS:
+        if contact is not None and delivery.channel in policies.CONSENTED_CHANNELS:
             engagement.track(
                 session,
                 contact,

@@ -9,13 +9,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from capture.models import Contact
 from channels import templates
 from channels.models import Delivery, Robot, RobotPost, Template
 from channels.outcome import Outcome, Result
 from channels.providers import robots
 from channels.providers.webhook import http_client
-from channels.records import contact_view, defer, fail, record
+from channels.records import contact_view, defer, delivery_contact, fail, record
 from channels.settings import ChannelSettings
 from core.db import is_postgres
 
@@ -30,7 +29,7 @@ def render_note(session: Session, delivery: Delivery) -> tuple[str, str]:
     title = str(context.get("title") or "Nurture")
     template = session.get(Template, delivery.template_id) if delivery.template_id else None
     if template is not None and template.body:
-        contact = session.get(Contact, delivery.contact_id)
+        contact = delivery_contact(session, delivery)
         view = contact_view(contact) if contact is not None else {}
         variables = templates.variables_for(view, context)
         markdown = templates.render(template.body, variables, html_escape=False, field="body")
@@ -108,7 +107,7 @@ def flush(session: Session, delivery: Delivery, now: datetime, settings: Channel
     elif outcome.result is Result.defer:
         outcome = Outcome(Result.defer, outcome.code, outcome.reason, until=now + WINDOW)
     for waiting in included:
-        contact = session.get(Contact, waiting.contact_id)
+        contact = delivery_contact(session, waiting)
         if contact is not None:
             record(session, waiting, contact, outcome, now, settings)
         else:

@@ -13,9 +13,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.deps import MarketerKey, SessionDep
 from api.errors import ApiError, field_errors
-from capture.models import Contact
 from channels import feedback, service, tokens, tracking, unsubscribe
 from channels.models import Delivery, Robot
+from channels.records import delivery_contact
 from channels.schemas import (
     Channel,
     DeadLetterRead,
@@ -23,6 +23,7 @@ from channels.schemas import (
     DeliveryRead,
     EmailFeedback,
     HealthReport,
+    InboundEmail,
     LayoutCreate,
     LayoutRead,
     Preview,
@@ -279,7 +280,19 @@ def open_pixel(token: str, request: Request, session: SessionDep) -> Response:
 
 @public.api_route("/t/c/{token}", methods=["GET", "HEAD"])
 def click(token: str, request: Request, session: SessionDep) -> Response:
-    parsed = tokens.read_click_token(token)
+    return _follow(tokens.read_click_token(token), request, session)
+
+
+@public.api_route("/s/{token}", methods=["GET", "HEAD"])
+def sms_click(token: str, request: Request, session: SessionDep) -> Response:
+    """The short links in SMS messages."""
+    return _follow(tokens.read_short_click_token(token), request, session)
+
+
+def _follow(
+    parsed: tuple[uuid.UUID, int] | None, request: Request, session: SessionDep
+) -> Response:
+    """Records the click and redirects to the stored URL (never one taken from the request)."""
     url = None
     if parsed is not None:
         url = tracking.record_click(
@@ -335,7 +348,7 @@ async def unsubscribe_now(token: str, request: Request, session: SessionDep) -> 
 @public.get("/u/{token}/preferences")
 def preferences(token: str, request: Request, session: SessionDep) -> HTMLResponse:
     delivery = _delivery_from(token, session)
-    contact = session.get(Contact, delivery.contact_id) if delivery else None
+    contact = delivery_contact(session, delivery) if delivery else None
     if contact is None:
         return HTMLResponse(unsubscribe.invalid_link_page(), status_code=404, headers=NO_STORE)
     current = unsubscribe.Preferences(
@@ -394,6 +407,17 @@ async def email_feedback(request: Request, session: SessionDep) -> dict[str, boo
     for report in await _json_list(request, EmailFeedback):
         feedback.email_feedback(session, report)
     return {"ok": True}
+
+
+@hooks.post("/email/inbound")
+async def email_inbound(request: Request, session: SessionDep) -> dict[str, bool]:
+    """The inbound-mail webhook for the List-Unsubscribe mailto address (`from`, `to`,
+    `subject`, `text`): a mail carrying a valid unsubscribe token unsubscribes its contact.
+    Other mail is accepted and ignored (`unsubscribed` false), so the provider does not retry."""
+    require_feedback_token(request)
+    mails = await _json_list(request, InboundEmail)
+    done = [unsubscribe.unsubscribe_by_mail(session, m.subject, m.text) for m in mails]
+    return {"ok": True, "unsubscribed": any(contact is not None for contact in done)}
 
 
 @hooks.post("/aliyun/sms-report")

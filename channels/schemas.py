@@ -150,7 +150,7 @@ class DeliveryRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: uuid.UUID
     idempotency_key: str
-    contact_id: uuid.UUID
+    contact_id: uuid.UUID | None
     channel: str
     template_id: uuid.UUID | None
     status: str
@@ -288,6 +288,16 @@ class EmailFeedback(BaseModel):
     message_id: Annotated[str, Field(max_length=300)] | None = None
     code: Annotated[str, Field(max_length=100)] | None = None
     reason: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class InboundEmail(BaseModel):
+    """A mail received at the unsubscribe mailbox, as an inbound-mail webhook posts it."""
+
+    model_config = ConfigDict(extra="ignore")
+    sender: Annotated[str, Field(alias="from", max_length=998)] = ""
+    to: Annotated[str, Field(max_length=998)] | list[Annotated[str, Field(max_length=998)]] = ""
+    subject: Annotated[str, Field(max_length=998)] = ""
+    text: Annotated[str, Field(max_length=100_000)] = ""
 
 
 class SmsReport(BaseModel):

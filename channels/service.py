@@ -58,6 +58,7 @@ from core.tasks import enqueue_after_commit
 OPT_OUT_WORDING = re.compile(r"退订|拒收|\bSTOP\b", re.IGNORECASE)
 MAX_KEY_LENGTH = 300
 MAX_MERGE_HOPS = 10
+ADDRESS_CHANNELS = ("email", "sms")
 SAMPLE_CONTACT = {"id": str(uuid.UUID(int=0)), "email": "sample@example.com", "traits": {}}
 
 
@@ -88,14 +89,92 @@ def send(
 ) -> Delivery:
     """Records a delivery under `idempotency_key` and sends it after commit. The same key
     returns the delivery already recorded and sends nothing. Policies apply at send time."""
-    existing = session.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
+    existing = _existing(session, idempotency_key)
     if existing is not None:
         return existing
-    if not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
-        raise invalid("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
     target = dict(target or {})
     contact_id = current_contact_id(session, contact_id)
     to_address = _check_send(session, channel, template_id, target)
+    return _record_delivery(
+        session,
+        idempotency_key=idempotency_key,
+        contact_id=contact_id,
+        channel=channel,
+        template_id=template_id,
+        to_address=to_address,
+        context=context,
+        journey_id=journey_id,
+        enrollment_id=enrollment_id,
+        campaign=campaign,
+        transactional=transactional,
+        target=target,
+    )
+
+
+def send_to_address(
+    session: Session,
+    *,
+    channel: str,
+    to: str,
+    template_id: uuid.UUID,
+    idempotency_key: str,
+    context: dict[str, Any] | None = None,
+    journey_id: uuid.UUID | None = None,
+    campaign: str | None = None,
+) -> Delivery:
+    """Like `send`, to an explicit email address or phone number that is not a contact (e.g. a
+    sales rep): same idempotency, rendering, tracking and delivery record. Such a message is
+    operational (transactional: no consent or caps, no unsubscribe link) but still never goes
+    to a suppressed address; in templates `contact` holds only the address, so put what the
+    message is about into `context`."""
+    existing = _existing(session, idempotency_key)
+    if existing is not None:
+        return existing
+    if channel not in ADDRESS_CHANNELS:
+        raise invalid("channel", f"must be one of {', '.join(ADDRESS_CHANNELS)}")
+    address = normalize_email(to) if channel == "email" else normalize_phone(to)
+    if address is None:
+        kind = "email address" if channel == "email" else "phone number"
+        raise invalid("to", f"is not a valid {kind}")
+    _check_send(session, channel, template_id, {})
+    return _record_delivery(
+        session,
+        idempotency_key=idempotency_key,
+        contact_id=None,
+        channel=channel,
+        template_id=template_id,
+        to_address=address,
+        context=context,
+        journey_id=journey_id,
+        enrollment_id=None,
+        campaign=campaign,
+        transactional=True,
+        target={"to": address},
+    )
+
+
+def _existing(session: Session, idempotency_key: str) -> Delivery | None:
+    existing = session.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
+    if existing is None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise invalid("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
+    return existing
+
+
+def _record_delivery(
+    session: Session,
+    *,
+    idempotency_key: str,
+    contact_id: uuid.UUID | None,
+    channel: str,
+    template_id: uuid.UUID | None,
+    to_address: str | None,
+    context: dict[str, Any] | None,
+    journey_id: uuid.UUID | None,
+    enrollment_id: uuid.UUID | None,
+    campaign: str | None,
+    transactional: bool,
+    target: dict[str, Any],
+) -> Delivery:
     try:
         context = orjson.loads(orjson.dumps(context or {}))
     except TypeError as exc:

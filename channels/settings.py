@@ -15,6 +15,9 @@ class ChannelSettings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_tls: Literal["none", "starttls", "ssl"] = "none"
+    smtp_ca_file: str | None = Field(
+        default=None, description="CA bundle to verify the SMTP server with (system CAs if unset)."
+    )
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_from: str = "Nurture <no-reply@localhost>"
@@ -50,10 +53,9 @@ class ChannelSettings(BaseSettings):
     sms_per_number_per_day: int = 10
     soft_bounce_max_attempts: int = 4
     send_max_attempts: int = 5
-    # Above 1, one task sends up to this many queued messages in one transaction: faster, but
-    # a worker killed mid-batch would resend the ones already sent. Off until sends are
-    # claimed (committed as "sending") before they go out.
-    send_batch_size: int = Field(default=1, ge=1, le=100)
+    # One task sends up to this many queued messages of a channel, sharing the policy queries;
+    # each message is still claimed in its own commit before it goes out.
+    send_batch_size: int = Field(default=25, ge=1, le=100)
     webhook_max_attempts: int = 6
     robot_messages_per_minute: int = 20
     retry_base_seconds: int = 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -28,8 +28,10 @@ def send_delivery(session: Session, delivery_id: str) -> str:
 
 
 def claim_due(session: Session, limit: int = RESUME_BATCH) -> list[uuid.UUID]:
-    """Marks deliveries whose wait is over (or whose task was lost) queued again."""
+    """Marks deliveries whose wait is over (or whose task was lost) queued again, after
+    resolving the ones a stopped worker left "sending"."""
     now = clock.now()
+    requeued = recover_interrupted(session, now, limit)
     stmt = (
         select(Delivery.id)
         .where(
@@ -50,7 +52,23 @@ def claim_due(session: Session, limit: int = RESUME_BATCH) -> list[uuid.UUID]:
             .where(Delivery.id.in_(ids))
             .values(status="queued", next_attempt_at=None, updated_at=now)
         )
-    return ids
+    return [*requeued, *ids]
+
+
+def recover_interrupted(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Resolves deliveries left "sending" past the lease; returns the ones queued again."""
+    stmt = (
+        select(Delivery)
+        .where(Delivery.status == "sending", Delivery.updated_at < now - sending.SENDING_LEASE)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    stale = list(session.scalars(stmt))
+    for delivery in stale:
+        sending.recover_interrupted(delivery, now)
+    session.flush()
+    return [delivery.id for delivery in stale if delivery.status == "queued"]
 
 
 @task("channels.resume_due", max_retries=0)

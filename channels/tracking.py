@@ -10,10 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from user_agents import parse as parse_user_agent
 
-from capture.models import Contact
 from channels import engagement
 from channels.models import Delivery, DeliveryEvent, TrackedLink
-from channels.records import message_properties, record_event_once
+from channels.records import delivery_contact, message_properties, record_event_once
 from core.clock import clock
 
 # A pixel fetched this soon after sending was fetched by the receiving gateway, not a reader.
@@ -72,7 +71,7 @@ def record_open(session: Session, delivery_id: uuid.UUID, user_agent: str | None
     if not machine:
         delivery.opened_at = delivery.opened_at or now
         _advance(delivery, "opened")
-    contact = session.get(Contact, delivery.contact_id)
+    contact = delivery_contact(session, delivery)
     if contact is not None:
         engagement.track(
             session,
@@ -121,14 +120,15 @@ def record_click(
         return link.url
     if not machine:
         delivery.clicked_at = delivery.clicked_at or now
-        delivery.opened_at = delivery.opened_at or now
+        if delivery.channel == "email":  # a click shows the email was opened
+            delivery.opened_at = delivery.opened_at or now
         _advance(delivery, "clicked")
-    contact = session.get(Contact, delivery.contact_id)
+    contact = delivery_contact(session, delivery)
     if contact is not None:
         engagement.track(
             session,
             contact,
-            "email_clicked",
+            f"{delivery.channel}_clicked",
             {
                 **message_properties(delivery),
                 "url": link.url,

@@ -4,14 +4,16 @@ consent record as proof, and becomes an event on the contact."""
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from capture.models import ConsentRecord, Contact
-from channels import engagement
+from channels import engagement, tokens
 from channels.models import Delivery
+from channels.records import delivery_contact
 from core.clock import clock
 
 PREFERENCE_CHANNELS = ("email", "sms")
@@ -70,7 +72,7 @@ def set_subscription(
 
 
 def unsubscribe_from_delivery(session: Session, delivery: Delivery, how: str) -> Contact | None:
-    contact = session.get(Contact, delivery.contact_id, with_for_update=True)
+    contact = delivery_contact(session, delivery, for_update=True)
     if contact is None:
         return None
     channel = delivery.channel if delivery.channel in PREFERENCE_CHANNELS else "email"
@@ -80,8 +82,23 @@ def unsubscribe_from_delivery(session: Session, delivery: Delivery, how: str) ->
     return contact
 
 
+MAILTO_TOKEN = re.compile(r"unsubscribe-([0-9a-f]{32}\.[A-Za-z0-9_\-]+)")
+
+
+def unsubscribe_by_mail(session: Session, subject: str, text: str) -> Contact | None:
+    """A mail to the List-Unsubscribe mailto address: the signed token in its subject (or, when a
+    client dropped the subject, its body) names the delivery, whose contact is unsubscribed.
+    None when no valid token is found; nothing changes then."""
+    for found in MAILTO_TOKEN.finditer(f"{subject}\n{text}"):
+        delivery_id = tokens.read_delivery_token("unsubscribe", found.group(1))
+        delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
+        if delivery is not None:
+            return unsubscribe_from_delivery(session, delivery, "mailto")
+    return None
+
+
 def update_preferences(session: Session, delivery: Delivery, wanted: Preferences) -> Contact | None:
-    contact = session.get(Contact, delivery.contact_id, with_for_update=True)
+    contact = delivery_contact(session, delivery, for_update=True)
     if contact is None:
         return None
     stamp = clock.now().isoformat()

@@ -41,14 +41,18 @@ class SmtpConnection:
                 s.smtp_host,
                 s.smtp_port,
                 timeout=s.smtp_timeout_seconds,
-                context=ssl.create_default_context(),
+                context=ssl.create_default_context(cafile=s.smtp_ca_file),
             )
         else:
             smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds)
+        try:
             if s.smtp_tls == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
-        if s.smtp_user:
-            smtp.login(s.smtp_user, s.smtp_password or "")
+                smtp.starttls(context=ssl.create_default_context(cafile=s.smtp_ca_file))
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_password or "")
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+            raise
         self._sent_on_connection = 0
         return smtp
 

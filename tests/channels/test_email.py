@@ -323,7 +323,9 @@ def test_concurrent_runs_of_one_delivery_send_once(
         runner.start()
     for runner in runners:
         runner.join()
-    assert results == ["sent"] * 4
+    # One run sends; the others find it sent, or still "sending" (claimed by that run).
+    assert "sent" in results and set(results) <= {"sent", "sending"}
+    assert delivery(delivery_id).status == "sent"
     assert len(mailbox.messages) == 1
 
 

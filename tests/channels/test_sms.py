@@ -7,20 +7,30 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from capture.models import Contact
 from channels import tasks
 from channels.models import ChannelAlert, ChannelState, Delivery, Suppression
 from channels.providers.aliyun_sms import AliyunSms
+from channels.sending import SENDING_LEASE
 from channels.settings import get_channel_settings
 from core import db
 from core.clock import clock
-from tests.channels.conftest import auth, delivery, events_of, freeze, make_contact
+from tests.channels.conftest import (
+    PUBLIC_URL,
+    auth,
+    delivery,
+    events_of,
+    freeze,
+    make_contact,
+)
 from tests.channels.fakes import FakeDysms
+from tests.channels.test_email import CHROME
 
 TOKEN = "?token=feedback-test-token"
 PHONE = "13800138000"
@@ -434,3 +444,83 @@ def test_send_batch_sms(channels_env: None, dysms: FakeDysms) -> None:
     assert [m.phone for m in dysms.sent] == ["13800138000", "13900139000", "13700137000"]
     with pytest.raises(ValueError):
         client.send_batch(["+8613800138000"] * 101, "Nurture", "SMS_100001", [{}] * 101, "x")
+
+
+def test_links_in_an_sms_are_short_tracked_and_a_click_becomes_an_event(
+    channels_env: None, dysms: FakeDysms, client: TestClient, admin_key: str, daytime: None
+) -> None:
+    contact_id = make_contact()
+    template_id = create_sms_template(
+        client,
+        admin_key,
+        body="${name}您好，春季新品上市：${link} 拒收请回复R",
+        params={
+            "name": "{{ contact.first_name | default('客户') }}",
+            "link": "https://acme.example/spring?ref={{ contact.first_name }}",
+        },
+    )
+    sent = send_sms(client, admin_key, contact_id, template_id, "offer:1", campaign="spring")
+    [message] = dysms.sent
+    assert message.params["name"] == "Wei"
+    short = message.params["link"]
+    assert short.startswith(f"{PUBLIC_URL}/s/") and len(short) < 80
+    assert "acme.example" not in short
+
+    clock.advance(timedelta(minutes=2))
+    path = short.removeprefix(PUBLIC_URL)
+    forged = client.get(path[:-3] + ("aaa" if not path.endswith("aaa") else "bbb"))
+    assert forged.status_code == 404
+    clicked = client.get(path, headers={"User-Agent": CHROME}, follow_redirects=False)
+    assert clicked.status_code == 302
+    target = urlsplit(clicked.headers["location"])
+    assert (target.netloc, target.path) == ("acme.example", "/spring")
+    assert parse_qs(target.query) == {
+        "ref": ["Wei"],
+        "utm_source": ["nurture"],
+        "utm_medium": ["sms"],
+        "utm_campaign": ["spring"],
+    }
+    assert delivery(sent.id).status == "clicked"
+    [event] = events_of(contact_id, "sms_clicked")
+    assert event.properties["delivery_id"] == str(sent.id)
+    assert event.properties["url"] == clicked.headers["location"]
+    assert event.properties["machine"] is False and event.properties["campaign"] == "spring"
+    # A second click is the same touch, not a new event.
+    client.get(path, headers={"User-Agent": CHROME}, follow_redirects=False)
+    assert len(events_of(contact_id, "sms_clicked")) == 1
+
+
+def test_a_claim_left_by_a_stopped_worker_is_checked_not_resent(
+    channels_env: None, dysms: FakeDysms, client: TestClient, admin_key: str, daytime: None
+) -> None:
+    template_id = create_sms_template(client, admin_key)
+    already = len(dysms.server.requests)
+    sent = send_sms(client, admin_key, make_contact(), template_id, "k1")
+    assert len(dysms.sent) == 1 and sent.sending_at is not None
+    other = make_contact(phone="+8613900139000")
+    with db.session_scope() as session:
+        # As a worker killed after SendSms, before recording the answer, leaves it.
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == sent.id)
+            .values(status="sending", sent_at=None, attempts=0, updated_at=clock.now())
+        )
+        # And one that was only reserved by that worker's batch, never claimed.
+        reserved = Delivery(
+            idempotency_key="k2",
+            contact_id=other,
+            channel="sms",
+            template_id=uuid.UUID(template_id),
+            status="sending",
+        )
+        session.add(reserved)
+    # Within the lease nothing is touched: the worker may still be sending.
+    assert tasks.send_delivery(str(sent.id)) == "sending"
+    assert tasks.resume_due() == 0
+    clock.advance(SENDING_LEASE + timedelta(seconds=1))
+    assert tasks.resume_due() == 2
+    assert delivery(sent.id).status == "sent"  # found by QuerySendDetails
+    assert delivery(reserved.id).status == "sent"
+    assert sorted(m.phone for m in dysms.sent) == [PHONE, "13900139000"]
+    actions = [r.query.get("Action") for r in dysms.server.requests[already:]]
+    assert sorted(actions) == ["QuerySendDetails", "SendSms", "SendSms"]

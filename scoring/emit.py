@@ -1,5 +1,5 @@
-"""Scoring's own events (`became_mql`), sent through the capture queue like any website's, and
-only once the transaction that decided them has committed."""
+"""Scoring's own events (`became_mql`, `cooled_below_mql`), sent through the capture queue
+like any website's, and only once the transaction that decided them has committed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SCORING_SOURCE_ID = uuid.uuid5(uuid.NAMESPACE_URL, "nurture:scoring")
 BECAME_MQL = "became_mql"
+COOLED_BELOW_MQL = "cooled_below_mql"
 ENVELOPES_PER_ENTRY = 500
 _PENDING_KEY = "nurture_scoring_events"
 

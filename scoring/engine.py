@@ -1,10 +1,12 @@
 """The scoring arithmetic: rule points awarded for events (for every event at once, or for a
 new batch), and each contact's stored scores kept equal to what its ledger and traits say.
 
-Decay is exact and cheap to read: a ledger line of p points at time t is worth
-p · 0.5^((now − t) / half-life) now, so a contact's score at any time is the sum of its lines
-decayed to then. `contact_scores` keeps that sum as of one moment (`behavior_as_of`); reading
-it later is one multiplication by 0.5^((now − as_of) / half-life).
+Decay is exact, cheap to read and written down. An award or adjustment of p points at time t
+is worth p · 0.5^((T − t) / half-life) at T, so the score at T is the sum of those lines
+decayed to T. `contact_scores` keeps that sum as of its last write (`behavior_as_of`); reading
+it later is one multiplication by 0.5^((now − as_of) / half-life). Every write also records the
+decay since the previous one as a `decay` line, so the plain sum of a contact's ledger lines is
+its stored score at `behavior_as_of`: the ledger explains the score line by line.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Float,
     Integer,
     MetaData,
+    Select,
+    String,
     Table,
     Uuid,
     and_,
@@ -49,6 +54,7 @@ from scoring.sql import SECONDS_PER_DAY, decay_factor, local_day
 
 RULE = "rule"
 MANUAL = "manual"
+DECAY = "decay"
 # Below this a stored score is "unchanged": rewriting the row would only churn the table.
 SCORE_TOLERANCE = 1e-9
 
@@ -159,10 +165,19 @@ def award_everywhere(session: Session, rule: ScoringRule, knobs: Knobs, now: dat
 
 
 def effective_points() -> ColumnElement[float]:
-    """What a ledger line is worth before decay: an award counts the rule's points as they are
-    now (a change of points applies to earlier awards too); other lines keep their own.
+    """What a ledger line counts: an award counts the rule's points as they are now (a change of
+    points applies to earlier awards too); other lines keep their own.
     Select it from the ledger outer-joined to `ScoringRule`."""
     return case((ScoreEntry.cause == RULE, ScoringRule.points), else_=ScoreEntry.points)
+
+
+def decayed_points(at: datetime, half_life_days: float) -> ColumnElement[float]:
+    """What a ledger line is worth at `at`: awards and adjustments decay from when they
+    happened; a decay line only records decay, so it counts nothing here."""
+    return case(
+        (ScoreEntry.cause == DECAY, literal(0.0, Float())),
+        else_=effective_points() * decay_factor(ScoreEntry.occurred_at, at, half_life_days),
+    )
 
 
 def plenty_of_work_memory(session: Session) -> None:
@@ -176,42 +191,89 @@ def reprice(
 ) -> None:
     """A change of points alone: the awards stay as they are (they count the rule's current
     points), and each affected contact's stored score moves by the difference times the
-    awards' decayed weight now, in one UPDATE … FROM."""
+    awards' decayed weight now."""
     delta = rule.points - old_points
     if delta == 0:
         return
     plenty_of_work_memory(session)
-    weights = (
-        select(
-            ScoreEntry.contact_id.label("contact_id"),
-            func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days)).label(
-                "weight"
-            ),
-        )
-        .where(ScoreEntry.rule_id == rule.id, ScoreEntry.cause == RULE)
-        .group_by(ScoreEntry.contact_id)
-        .subquery()
-    )
+    connection = session.connection()
+    _rule_delta.drop(connection, checkfirst=True)
+    _rule_delta.create(connection)
     session.execute(
-        update(ContactScore)
-        .where(ContactScore.contact_id == weights.c.contact_id)
-        .values(
-            behavior_score=current_score_sql(now, knobs.half_life_days)
-            + literal(delta, Float()) * weights.c.weight,
-            behavior_as_of=now,
-            updated_at=now,
+        insert(_rule_delta).from_select(
+            ["contact_id", "delta", "nominal"],
+            select(
+                ScoreEntry.contact_id,
+                func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days)) * delta,
+                func.count() * delta,
+            )
+            .where(ScoreEntry.rule_id == rule.id, ScoreEntry.cause == RULE)
+            .group_by(ScoreEntry.contact_id),
         )
     )
+    apply_rule_delta(session, knobs, now)
 
 
-# Per-contact change of one rule's total while it is rederived (one transaction's scratch).
+# Per-contact change of one rule's total while it is applied (one transaction's scratch):
+# `delta` decayed to now, `nominal` in the ledger's plain points.
 _rule_delta = Table(
     "scoring_rule_delta",
     MetaData(),
     Column("contact_id", Uuid(), primary_key=True),
     Column("delta", Float(), nullable=False),
+    Column("nominal", Float(), nullable=False),
     prefixes=["TEMPORARY"],
 )
+
+
+def apply_rule_delta(session: Session, knobs: Knobs, now: datetime) -> None:
+    """Moves each contact in `_rule_delta` to its stored score decayed to now plus the delta,
+    after a `decay` line that keeps its ledger summing to the new stored score: the decay since
+    the last write plus the decay of the changed awards up to now (their delta − nominal)."""
+    stored_now = current_score_sql(now, knobs.half_life_days)
+    changed = and_(
+        ContactScore.contact_id == _rule_delta.c.contact_id,
+        or_(
+            func.abs(_rule_delta.c.delta) > SCORE_TOLERANCE,
+            func.abs(_rule_delta.c.nominal) > SCORE_TOLERANCE,
+        ),
+    )
+    decay = stored_now - ContactScore.behavior_score + _rule_delta.c.delta - _rule_delta.c.nominal
+    write_decay_lines(
+        session,
+        select(ContactScore.contact_id, decay)
+        .select_from(ContactScore)
+        .join(_rule_delta, changed)
+        .where(func.abs(decay) > SCORE_TOLERANCE),
+        now,
+    )
+    session.execute(
+        update(ContactScore)
+        .where(changed)
+        .values(
+            behavior_score=stored_now + _rule_delta.c.delta,
+            behavior_as_of=now,
+            updated_at=now,
+        )
+    )
+    _rule_delta.drop(session.connection())
+
+
+def write_decay_lines(session: Session, rows: Select[uuid.UUID, float], now: datetime) -> None:
+    """Inserts a `decay` line at `now` for each (contact id, points) row of the select."""
+    found = rows.subquery()
+    lines = select(
+        found.c[0],
+        literal(DECAY),
+        found.c[1],
+        literal(now, UTCDateTime()),
+        literal(now, UTCDateTime()),
+    )
+    session.execute(
+        insert(ScoreEntry).from_select(
+            ["contact_id", "cause", "points", "occurred_at", "recorded_at"], lines
+        )
+    )
 
 
 def rederive(
@@ -231,38 +293,27 @@ def rederive(
                 ScoreEntry.contact_id,
                 func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days))
                 * (sign * points),
+                func.count() * (sign * points),
             )
             .where(ScoreEntry.rule_id == rule.id, ScoreEntry.cause == RULE)
             .group_by(ScoreEntry.contact_id)
         )
 
-    session.execute(
-        insert(_rule_delta).from_select(["contact_id", "delta"], weights(-1, applied_points))
-    )
+    columns = ["contact_id", "delta", "nominal"]
+    session.execute(insert(_rule_delta).from_select(columns, weights(-1, applied_points)))
     award_everywhere(session, rule, knobs, now)
     if rule.enabled and rule.deleted_at is None:
-        new = dialect_insert(session, _rule_delta).from_select(
-            ["contact_id", "delta"], weights(1, rule.points)
-        )
+        new = dialect_insert(session, _rule_delta).from_select(columns, weights(1, rule.points))
         session.execute(
             new.on_conflict_do_update(
                 index_elements=["contact_id"],
-                set_={"delta": _rule_delta.c.delta + new.excluded.delta},
+                set_={
+                    "delta": _rule_delta.c.delta + new.excluded.delta,
+                    "nominal": _rule_delta.c.nominal + new.excluded.nominal,
+                },
             )
         )
-    session.execute(
-        update(ContactScore)
-        .where(
-            ContactScore.contact_id == _rule_delta.c.contact_id,
-            func.abs(_rule_delta.c.delta) > SCORE_TOLERANCE,
-        )
-        .values(
-            behavior_score=current_score_sql(now, knobs.half_life_days) + _rule_delta.c.delta,
-            behavior_as_of=now,
-            updated_at=now,
-        )
-    )
-    _rule_delta.drop(connection)
+    apply_rule_delta(session, knobs, now)
 
 
 def award_events(
@@ -355,6 +406,20 @@ def fit_points_sql(rules: Sequence[ScoringRule]) -> ColumnElement[float]:
     return total
 
 
+# Each rescored contact's new values while they are written (one transaction's scratch).
+_rescored = Table(
+    "scoring_rescored",
+    MetaData(),
+    Column("contact_id", Uuid(), primary_key=True),
+    Column("behavior", Float(), nullable=False),
+    Column("ledger_sum", Float(), nullable=False),
+    Column("fit", Float(), nullable=False),
+    Column("grade", String(1), nullable=False),
+    Column("changed", Boolean(), nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
 def rescore(
     session: Session,
     knobs: Knobs,
@@ -363,8 +428,8 @@ def rescore(
     contact_ids: Collection[uuid.UUID] | None = None,
 ) -> None:
     """Sets each contact's stored behavioural score (its ledger decayed to `now`), fit points
-    and grade in one INSERT … SELECT … ON CONFLICT DO UPDATE; rows whose values did not change
-    are left alone. `contact_ids` None means every contact."""
+    and grade, after a `decay` line that makes its ledger sum to the new score. Contacts whose
+    values and ledger already agree are left alone. `contact_ids` None means every contact."""
     if contact_ids is not None and not contact_ids:
         return
     ids = list(contact_ids) if contact_ids is not None else None
@@ -372,9 +437,8 @@ def rescore(
     ledger = (
         select(
             ScoreEntry.contact_id.label("contact_id"),
-            func.sum(
-                effective_points() * decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days)
-            ).label("total"),
+            func.sum(decayed_points(now, knobs.half_life_days)).label("total"),
+            func.sum(effective_points()).label("ledger_sum"),
         )
         .outerjoin(ScoringRule, ScoringRule.id == ScoreEntry.rule_id)
         .group_by(ScoreEntry.contact_id)
@@ -382,47 +446,80 @@ def rescore(
     if ids is not None:
         ledger = ledger.where(ScoreEntry.contact_id.in_(ids))
     totals = ledger.subquery()
+    behavior = func.coalesce(totals.c.total, 0.0)
+    ledger_sum = func.coalesce(totals.c.ledger_sum, 0.0)
+    fit = fit_points_sql(fit_rules)
+    grade = grade_sql(fit, knobs.grade_thresholds)
+    stored_now = current_score_sql(now, knobs.half_life_days)
+    changed = or_(
+        ContactScore.contact_id.is_(None),
+        func.abs(stored_now - behavior) > SCORE_TOLERANCE,
+        func.abs(ContactScore.behavior_score - ledger_sum) > SCORE_TOLERANCE,
+        ContactScore.fit_points != fit,
+        ContactScore.grade != grade,
+    )
     scored = (
-        select(
-            Contact.id.label("contact_id"),
-            func.coalesce(totals.c.total, 0.0).label("behavior"),
-            fit_points_sql(fit_rules).label("fit"),
-        )
+        select(Contact.id, behavior, ledger_sum, fit, grade, changed)
         .select_from(Contact)
         .outerjoin(Company, Company.id == Contact.company_id)
         .outerjoin(totals, totals.c.contact_id == Contact.id)
+        .outerjoin(ContactScore, ContactScore.contact_id == Contact.id)
         .where(Contact.merged_into_id.is_(None))
     )
     if ids is not None:
         scored = scored.where(Contact.id.in_(ids))
-    computed = scored.subquery()
+    connection = session.connection()
+    _rescored.drop(connection, checkfirst=True)
+    _rescored.create(connection)
+    session.execute(
+        insert(_rescored).from_select(
+            ["contact_id", "behavior", "ledger_sum", "fit", "grade", "changed"], scored
+        )
+    )
+    r = _rescored.c
+    write_decay_lines(
+        session,
+        select(r.contact_id, r.behavior - r.ledger_sum).where(
+            r.changed.is_(True), func.abs(r.behavior - r.ledger_sum) > SCORE_TOLERANCE
+        ),
+        now,
+    )
     rows = select(
-        computed.c.contact_id,
-        computed.c.behavior,
+        r.contact_id,
+        r.behavior,
         literal(now, UTCDateTime()),
-        computed.c.fit,
-        grade_sql(computed.c.fit, knobs.grade_thresholds),
+        r.fit,
+        r.grade,
         literal([], table_of(ContactScore).c.factors.type),
         literal(now, UTCDateTime()),
-    ).where(computed.c.contact_id.is_not(None))  # SQLite's upsert needs a WHERE here
+    ).where(r.changed.is_(True))
     columns = ["contact_id", "behavior_score", "behavior_as_of", "fit_points", "grade"]
     stmt = dialect_insert(session, ContactScore).from_select(
         [*columns, "factors", "updated_at"], rows
     )
-    stored_now = current_score_sql(now, knobs.half_life_days)
     stmt = stmt.on_conflict_do_update(
         index_elements=["contact_id"],
-        set_={
-            "behavior_score": stmt.excluded.behavior_score,
-            "behavior_as_of": stmt.excluded.behavior_as_of,
-            "fit_points": stmt.excluded.fit_points,
-            "grade": stmt.excluded.grade,
-            "updated_at": stmt.excluded.updated_at,
-        },
-        where=or_(
-            func.abs(stored_now - stmt.excluded.behavior_score) > SCORE_TOLERANCE,
-            ContactScore.fit_points != stmt.excluded.fit_points,
-            ContactScore.grade != stmt.excluded.grade,
-        ),
+        set_={name: stmt.excluded[name] for name in [*columns[1:], "updated_at"]},
     )
     session.execute(stmt)
+    _rescored.drop(connection)
+
+
+def decay_pass(session: Session, knobs: Knobs, now: datetime, min_change: float) -> int:
+    """Writes down the decay of every stored score that has cooled by at least `min_change`
+    points since its last write (a `decay` line, and the stored score moved to now), in two
+    set-based statements; returns how many scores moved."""
+    plenty_of_work_memory(session)
+    stored_now = current_score_sql(now, knobs.half_life_days)
+    cooled = func.abs(ContactScore.behavior_score - stored_now) >= max(min_change, SCORE_TOLERANCE)
+    write_decay_lines(
+        session,
+        select(ContactScore.contact_id, stored_now - ContactScore.behavior_score).where(cooled),
+        now,
+    )
+    result = session.execute(
+        update(ContactScore)
+        .where(cooled)
+        .values(behavior_score=stored_now, behavior_as_of=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -85,7 +85,9 @@ def advance(
         chunk = contact_ids[start : start + CHUNK]
         query = select(Contact.id, Contact.lifecycle_stage).where(Contact.id.in_(chunk))
         if is_postgres(session):
-            query = query.with_for_update()
+            # Only non-key columns change: NO KEY UPDATE lets handoff insert leads (a foreign
+            # key share lock on the contact) while stages move.
+            query = query.with_for_update(key_share=True)
         stages: dict[uuid.UUID, str | None] = dict(session.execute(query).all())
         recorded = latest_recorded(session, chunk)
         changed: dict[uuid.UUID, str] = {}

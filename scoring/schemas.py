@@ -120,7 +120,7 @@ class LedgerLine(BaseModel):
     event: str | None
     points: float  # what the line counts now (an award counts its rule's current points)
     points_when_recorded: float
-    points_now: float  # after decay
+    points_now: float  # after decay to now (0 for a decay line: the others already show it)
     occurred_at: datetime
     recorded_at: datetime
     note: str | None
@@ -154,6 +154,9 @@ class ScoreBreakdown(BaseModel):
     contact_id: uuid.UUID
     lifecycle_stage: str | None
     score: float
+    stored_score: float  # the sum of every ledger line's points, as of `stored_as_of`
+    stored_as_of: datetime | None
+    decay_since_stored: float  # not yet written down: score = stored_score + this
     half_life_days: float
     grade: str
     fit_points: float

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from capture.models import Contact
 from core import feed
 from core.clock import clock
 from core.db import dialect_insert
@@ -20,6 +21,8 @@ from scoring.engine import (
     active_rules,
     award_events,
     award_everywhere,
+    current_score_sql,
+    decay_pass,
     rederive,
     reprice,
     rescore,
@@ -36,6 +39,8 @@ from scoring.models import (
 from scoring.rules import BEHAVIOR, DEFAULT_GRADE_THRESHOLDS, DEFAULT_RULES, FIT, RuleSpec
 
 FEED_CONSUMER = "scoring"
+# The daily decay pass writes down a score's decay once it has cooled by this many points.
+DECAY_PASS_MIN_POINTS = 1.0
 
 
 def scoring_settings(session: Session) -> ScoringSettings:
@@ -216,6 +221,41 @@ def promote_mqls(
         ],
     )
     return became
+
+
+def decay_scores(session: Session, now: datetime, min_change: float = DECAY_PASS_MIN_POINTS) -> int:
+    """The scheduled decay pass: writes down every score that has cooled by `min_change` points
+    (a `decay` ledger line each, the stored score moved to now) and emits `cooled_below_mql`
+    for MQLs whose score has dropped below the threshold since its last write (the stage stays;
+    stages never move back on their own). Returns how many scores moved."""
+    settings = scoring_settings(session)
+    k = knobs(session, now)
+    score_now = current_score_sql(now, settings.half_life_days)
+    threshold = settings.mql_threshold
+    cooled = session.execute(
+        select(ContactScore.contact_id, score_now)
+        .join(Contact, Contact.id == ContactScore.contact_id)
+        .where(
+            Contact.lifecycle_stage == lifecycle.MQL,
+            ContactScore.behavior_score >= threshold,
+            score_now < threshold,
+        )
+    ).all()
+    moved = decay_pass(session, k, now, min_change)
+    emit.track(
+        session,
+        [
+            (
+                contact_id,
+                emit.COOLED_BELOW_MQL,
+                {"score": round(score, 2), "mql_threshold": threshold},
+                f"cooled_below_mql:{contact_id}:{now.isoformat()}",
+                now,
+            )
+            for contact_id, score in cooled
+        ],
+    )
+    return moved
 
 
 def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> None:

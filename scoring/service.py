@@ -15,7 +15,7 @@ from capture.models import Company, Contact, Event
 from core.clock import clock
 from core.tasks import enqueue_after_commit
 from scoring import lifecycle, scorer, tasks
-from scoring.engine import MANUAL, RULE, active_rules, current_score, decayed, rescore
+from scoring.engine import DECAY, MANUAL, RULE, active_rules, current_score, decayed, rescore
 from scoring.models import (
     ContactScore,
     PredictiveModel,
@@ -40,6 +40,8 @@ from scoring.schemas import (
     SettingsUpdate,
     StageChange,
 )
+
+CAUSE_NAMES = {MANUAL: "manual adjustment", DECAY: "decay"}
 
 
 def invalid(errors: dict[str, str]) -> ApiError:
@@ -188,8 +190,9 @@ def get_contact(session: Session, contact_id: uuid.UUID) -> Contact:
 
 
 def breakdown(session: Session, contact_id: uuid.UUID, limit: int) -> ScoreBreakdown:
-    """The score explained: every ledger line with what it is worth now, totals per rule
-    (which add up to the score), the fit rules met, and the predictive probability."""
+    """The score explained: every ledger line (their points add up to the stored score, decay
+    lines included; the decay since it was stored makes the score now), what each line is
+    worth now, totals per rule, the fit rules met, and the predictive probability."""
     contact = get_contact(session, contact_id)
     settings = scorer.scoring_settings(session)
     now, half_life = clock.now(), settings.half_life_days
@@ -208,8 +211,9 @@ def breakdown(session: Session, contact_id: uuid.UUID, limit: int) -> ScoreBreak
     ):
         total_lines += 1
         points = rule_points if entry.cause == RULE else entry.points
-        worth = decayed(points, entry.occurred_at, now, half_life)
-        name = rule_name or ("manual adjustment" if entry.cause == MANUAL else entry.cause)
+        # A decay line records decay the other lines' `points_now` already show.
+        worth = 0.0 if entry.cause == DECAY else decayed(points, entry.occurred_at, now, half_life)
+        name = rule_name or CAUSE_NAMES.get(entry.cause, entry.cause)
         key = (entry.rule_id, entry.cause)
         if key not in totals:
             totals[key] = RuleTotal(
@@ -258,12 +262,16 @@ def breakdown(session: Session, contact_id: uuid.UUID, limit: int) -> ScoreBreak
             for r, hit in zip(fit_rules, met, strict=True)
             if hit
         ]
+    score = current_score(row, now, half_life) if row else 0.0
     model = training.active(session)
     using_model = model is not None and row is not None and row.probability is not None
     return ScoreBreakdown(
         contact_id=contact.id,
         lifecycle_stage=contact.lifecycle_stage,
-        score=current_score(row, now, half_life) if row else 0.0,
+        score=score,
+        stored_score=row.behavior_score if row else 0.0,
+        stored_as_of=row.behavior_as_of if row else None,
+        decay_since_stored=score - row.behavior_score if row else 0.0,
         half_life_days=half_life,
         grade=row.grade if row else "F",
         fit_points=row.fit_points if row else 0.0,

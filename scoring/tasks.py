@@ -32,6 +32,11 @@ def promote_mqls(session: Session) -> int:
     return len(scorer.promote_mqls(session, clock.now()))
 
 
+@task("scoring.decay_scores", queue="default", max_retries=3)
+def decay_scores(session: Session) -> int:
+    return scorer.decay_scores(session, clock.now())
+
+
 @task("scoring.predict_all", queue="default", max_retries=3)
 def predict_all(session: Session) -> int:
     return serving.predict(session)

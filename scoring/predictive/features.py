@@ -1,12 +1,13 @@
 """The predictive model's features as of a cutoff time, and the words that explain them.
 
-Nothing at or after the cutoff is read: behaviour counts only events before it, and traits
-(which arrive when a person identifies) count only for contacts known before it. Outcome
+Nothing at or after the cutoff is read: behaviour counts only events and visits before it, and
+traits (which arrive when a person identifies) count only for contacts known before it. Outcome
 events, stages and scores are never features, so the label cannot leak in.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Collection
@@ -15,16 +16,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Select, and_, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from capture.models import Company, Contact, Event
+from capture.models import Company, Contact, Event, Visit
+from core.db import is_postgres
 from scoring.engine import plenty_of_work_memory
 from scoring.rules import FREE_EMAIL_DOMAINS
-from scoring.sql import epoch_seconds
+from scoring.sql import decay_factor, epoch_seconds
 
-LOOKBACK_DAYS = 90
+LOOKBACK_DAYS = 180
+RECENT_HALF_LIFE_DAYS = 14.0
 CHUNK = 5000
 
 
@@ -46,37 +49,61 @@ def _track(name: str) -> ColumnElement[bool]:
     return and_(Event.type == "track", Event.name == name)
 
 
+ALL = LOOKBACK_DAYS
 COUNTS = (
     Count("page_views_7d", 7, _page(), "viewed {n} pages in the last {days} days"),
-    Count("page_views_30d", 30, _page(), "viewed {n} pages in the last {days} days"),
+    Count("page_views", ALL, _page(), "viewed {n} pages in {days} days"),
     Count("pricing_views_7d", 7, _page("/pricing"), "visited pricing {n} times this week"),
-    Count("pricing_views_90d", 90, _page("/pricing"), "visited pricing {n} times in {days} days"),
+    Count("pricing_views", ALL, _page("/pricing"), "visited pricing {n} times in {days} days"),
+    Count("case_study_views", ALL, _page("/case-studies"), "read {n} case studies in {days} days"),
+    Count("docs_views", ALL, _page("/docs"), "read the docs {n} times in {days} days"),
+    Count("forms", ALL, _track("form_submitted"), "submitted {n} forms in {days} days"),
     Count(
-        "case_study_views_90d", 90, _page("/case-studies"), "read {n} case studies in {days} days"
-    ),
-    Count("docs_views_90d", 90, _page("/docs"), "read the docs {n} times in {days} days"),
-    Count("forms_90d", 90, _track("form_submitted"), "submitted {n} forms in {days} days"),
-    Count(
-        "whitepapers_90d",
-        90,
+        "whitepapers",
+        ALL,
         _track("whitepaper_downloaded"),
         "downloaded {n} whitepapers in {days} days",
     ),
-    Count("email_opens_30d", 30, _track("email_opened"), "opened {n} emails in {days} days"),
+    Count("email_opens", ALL, _track("email_opened"), "opened {n} emails in {days} days"),
     Count("email_clicks_30d", 30, _track("email_clicked"), "clicked {n} emails in {days} days"),
-    Count("email_clicks_90d", 90, _track("email_clicked"), "clicked {n} emails in {days} days"),
+    Count("email_clicks", ALL, _track("email_clicked"), "clicked {n} emails in {days} days"),
     Count(
-        "unsubscribes_90d", 90, _track("email_unsubscribed"), "unsubscribed in the last {days} days"
+        "unsubscribes", ALL, _track("email_unsubscribed"), "unsubscribed in the last {days} days"
     ),
+    Count("bounces", ALL, _track("email_bounced"), "{n} emails to them bounced"),
+)
+# Capture's channels a contact's visits may come from: each is a touched-or-not feature.
+VISIT_CHANNELS = (
+    "paid_search",
+    "organic_search",
+    "paid_social",
+    "organic_social",
+    "email",
+    "sms",
+    "referral",
+    "direct",
 )
 NUMERIC = (
     *[c.name for c in COUNTS],
+    "visits",
+    "recent_activity",
     "days_since_last_activity",
     "days_since_first_seen",
     "log_company_size",
     "company_size_known",
+    "identified",
+    *[f"came_from_{channel}" for channel in VISIT_CHANNELS],
 )
-CATEGORICAL = ("title_group", "industry", "province", "email_kind", "first_channel")
+CATEGORICAL = (
+    "title",
+    "title_group",
+    "industry",
+    "size_band",
+    "province",
+    "city",
+    "email_kind",
+    "first_channel",
+)
 FEATURES = (*NUMERIC, *CATEGORICAL)
 TITLE_GROUPS = (
     ("executive", ("CEO", "CTO", "CIO", "CFO", "COO", "VP", "总经理", "总裁", "董事")),
@@ -84,6 +111,8 @@ TITLE_GROUPS = (
     ("manager", ("经理", "Manager", "主管")),
     ("student", ("学生", "实习", "Student", "Intern")),
 )
+# The query's leading columns, before the counts and the channels touched.
+_LEADING = 13
 
 
 @dataclass
@@ -95,14 +124,16 @@ class FeatureFrame:
     values: np.ndarray
     readable: dict[str, Any]
 
-    def take(self, rows: list[int]) -> FeatureFrame:
+    def take(self, rows: list[int] | np.ndarray) -> FeatureFrame:
+        index = np.asarray(rows, dtype=int)
         return FeatureFrame(
-            [self.contact_ids[i] for i in rows],
-            self.values[rows],
-            {name: [column[i] for i in rows] for name, column in self.readable.items()},
+            [self.contact_ids[i] for i in index],
+            self.values[index],
+            {name: np.asarray(column)[index] for name, column in self.readable.items()},
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def title_group(title: str | None) -> str:
     if not title:
         return "unknown"
@@ -118,22 +149,72 @@ def email_kind(email: str | None) -> str:
     return "free" if email.rsplit("@", 1)[1].lower() in FREE_EMAIL_DOMAINS else "company"
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
+        return math.nan
+    return number if math.isfinite(number) and number >= 0 else math.nan
 
 
-def first_identified(session: Session) -> dict[uuid.UUID, datetime]:
-    """When each contact first identified itself (its first identify call)."""
-    return dict(
-        session.execute(
-            select(Event.contact_id, func.min(Event.timestamp))
-            .where(Event.type == "identify")
-            .group_by(Event.contact_id)
-        ).all()
+def feature_query(cutoff: datetime, historical: bool) -> Select[Any]:
+    """One row per contact first seen before `cutoff`: its behaviour before the cutoff (events
+    and visits strictly earlier), its traits, and whether it had identified itself by then
+    (`historical`: from its identify events; else its current state, right when cutoff is now)."""
+    since = cutoff - timedelta(days=LOOKBACK_DAYS)
+
+    def within(days: int) -> ColumnElement[bool]:
+        return Event.timestamp >= cutoff - timedelta(days=days)
+
+    behaviour = (
+        select(
+            Event.contact_id.label("contact_id"),
+            *[func.count().filter(c.condition, within(c.days)).label(c.name) for c in COUNTS],
+            func.sum(decay_factor(Event.timestamp, cutoff, RECENT_HALF_LIFE_DAYS)).label("recent"),
+            epoch_seconds(func.max(Event.timestamp)).label("last_at"),
+            func.count().filter(Event.type == "identify").label("identified"),
+        )
+        .where(Event.timestamp < cutoff, Event.timestamp >= since)
+        .group_by(Event.contact_id)
+        .subquery()
+    )
+    visits = (
+        select(
+            Visit.contact_id.label("contact_id"),
+            func.count().label("visits"),
+            *[
+                func.count().filter(Visit.channel == channel).label(channel)
+                for channel in VISIT_CHANNELS
+            ],
+        )
+        .where(Visit.started_at < cutoff, Visit.started_at >= since)
+        .group_by(Visit.contact_id)
+        .subquery()
+    )
+    identified = func.coalesce(behaviour.c.identified, 0) > 0 if historical else Contact.is_known
+    return (
+        select(
+            Contact.id,
+            epoch_seconds(Contact.first_seen_at),
+            Contact.first_touch_channel,
+            Contact.email,
+            identified,
+            Contact.traits["title"].as_string(),
+            Company.traits["industry"].as_string(),
+            Company.traits["employees"].as_string(),
+            Company.traits["province"].as_string(),
+            Company.traits["city"].as_string(),
+            behaviour.c.last_at,
+            func.coalesce(behaviour.c.recent, 0.0),
+            func.coalesce(visits.c.visits, 0),
+            *[func.coalesce(behaviour.c[c.name], 0) for c in COUNTS],
+            *[func.coalesce(visits.c[channel], 0) for channel in VISIT_CHANNELS],
+        )
+        .select_from(Contact)
+        .outerjoin(Company, Company.id == Contact.company_id)
+        .outerjoin(behaviour, behaviour.c.contact_id == Contact.id)
+        .outerjoin(visits, visits.c.contact_id == Contact.id)
+        .where(Contact.merged_into_id.is_(None), Contact.first_seen_at < cutoff)
     )
 
 
@@ -141,104 +222,101 @@ def build(
     session: Session,
     cutoff: datetime,
     contact_ids: Collection[uuid.UUID] | None = None,
-    known_since: dict[uuid.UUID, datetime] | None = None,
+    historical: bool = False,
 ) -> FeatureFrame:
-    """Features as of `cutoff` for contacts first seen before it (all, or `contact_ids`).
-
-    `known_since` gives when each contact identified; without it a contact's current known
-    state is used, which is right only when the cutoff is now."""
-    since = cutoff - timedelta(days=LOOKBACK_DAYS)
-    window = and_(Event.timestamp < cutoff, Event.timestamp >= since)
-
-    def within(days: int) -> ColumnElement[bool]:
-        return Event.timestamp >= cutoff - timedelta(days=days)
-
-    counts = select(
-        Event.contact_id,
-        *[func.sum(case((and_(c.condition, within(c.days)), 1), else_=0)) for c in COUNTS],
-        epoch_seconds(func.max(Event.timestamp)),
-    ).where(window)
-    profiles = (
-        select(
-            Contact.id,
-            epoch_seconds(Contact.first_seen_at),
-            Contact.first_touch_channel,
-            Contact.email,
-            Contact.is_known,
-            Contact.traits["title"].as_string(),
-            Company.traits["industry"].as_string(),
-            Company.traits["employees"].as_string(),
-            Company.traits["province"].as_string(),
-        )
-        .outerjoin(Company, Company.id == Contact.company_id)
-        .where(Contact.merged_into_id.is_(None), Contact.first_seen_at < cutoff)
-    )
-    # Plain Core rows: this runs over every contact, and ORM row handling would double it.
+    """Features as of `cutoff` for contacts first seen before it (all, or `contact_ids`), from
+    one set-based query. `historical` reads whether a contact had identified by the cutoff from
+    its events; otherwise its current state is used, which is right only when cutoff is now."""
+    query = feature_query(cutoff, historical)
     plenty_of_work_memory(session)
     connection = session.connection()
-    behaviour: dict[uuid.UUID, Any] = {}
-    rows: list[Any] = []
+    if is_postgres(session):
+        # Without statistics (a fresh table) the planner may nest-loop over the aggregates,
+        # re-running them for every contact; hash joins are right at any size here.
+        session.execute(text("SET LOCAL enable_nestloop = off"))
     if contact_ids is None:
-        grouped = connection.execute(counts.group_by(Event.contact_id)).all()
-        behaviour = {row[0]: row for row in grouped}
-        rows = list(connection.execute(profiles).all())
+        rows = list(connection.execute(query).all())
     else:
         ids = list(contact_ids)
+        rows = []
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            query = counts.where(Event.contact_id.in_(chunk)).group_by(Event.contact_id)
-            behaviour.update({row[0]: row for row in connection.execute(query).all()})
-            rows.extend(connection.execute(profiles.where(Contact.id.in_(chunk))).all())
-    known_before = (
-        None if known_since is None else {c for c, at in known_since.items() if at < cutoff}
-    )
-    return assemble(rows, behaviour, cutoff.timestamp(), known_before)
+            rows.extend(connection.execute(query.where(Contact.id.in_(chunk))).all())
+    if is_postgres(session):
+        session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
+    return assemble(rows, cutoff.timestamp())
 
 
-def assemble(
-    rows: list[Any],
-    behaviour: dict[uuid.UUID, Any],
-    cutoff: float,
-    known_before: set[uuid.UUID] | None,
-) -> FeatureFrame:
+def assemble(rows: list[Any], cutoff: float) -> FeatureFrame:
+    """Turns the query's rows into the feature matrix, column by column in numpy."""
     n = len(rows)
-    ids = [row[0] for row in rows]
-    known = [bool(row[4]) if known_before is None else row[0] in known_before for row in rows]
-    empty = (None, *([0] * len(COUNTS)), None)
-    stats = np.array([behaviour.get(cid, empty)[1:-1] for cid in ids], dtype=float)
-    stats = stats.reshape(n, len(COUNTS))
-    last = np.array([behaviour.get(cid, empty)[-1] or np.nan for cid in ids], dtype=float)
-    idle = np.minimum(LOOKBACK_DAYS, np.nan_to_num((cutoff - last) / 86400, nan=LOOKBACK_DAYS))
-    seen = np.maximum(0.0, (cutoff - np.array([row[1] for row in rows], dtype=float)) / 86400)
-    sizes = np.array(
-        [(_number(row[7]) if k else None) or np.nan for row, k in zip(rows, known, strict=True)],
-        dtype=float,
-    )
+    width = _LEADING + len(COUNTS) + len(VISIT_CHANNELS)
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * width
+    known = np.array(columns[4], dtype=bool)
+
+    def trait(column: int) -> np.ndarray:
+        values = np.array([v or "unknown" for v in columns[column]], dtype=object)
+        return np.where(known, values, "unknown").astype(object)
+
+    def numbers(column: int) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in columns[column]], dtype=float)
+
+    counts = np.array(columns[_LEADING : _LEADING + len(COUNTS)], dtype=float)
+    stats = counts.reshape(len(COUNTS), n).T
+    touched = np.array(columns[_LEADING + len(COUNTS) :], dtype=float) > 0
+    touched = touched.reshape(len(VISIT_CHANNELS), n).T
+    recent, visits = numbers(11), numbers(12)
+    idle = np.minimum(LOOKBACK_DAYS, np.nan_to_num((cutoff - numbers(10)) / 86400, nan=ALL))
+    seen = np.maximum(0.0, (cutoff - numbers(1)) / 86400)
+    sizes = np.array([_number(v) for v in columns[7]], dtype=float)
+    sizes[~known] = np.nan
     has_size = ~np.isnan(sizes)
-    titles = [row[5] if k else None for row, k in zip(rows, known, strict=True)]
+    titles = trait(5)
     readable: dict[str, Any] = {c.name: stats[:, i] for i, c in enumerate(COUNTS)}
     readable.update(
+        visits=visits,
+        recent_activity=recent,
         days_since_last_activity=idle,
         days_since_first_seen=seen,
         company_size=sizes,
+        identified=known,
         title=titles,
-        title_group=[title_group(t) for t in titles],
-        industry=[(row[6] if k else None) or "unknown" for row, k in zip(rows, known, strict=True)],
-        province=[(row[8] if k else None) or "unknown" for row, k in zip(rows, known, strict=True)],
-        email_kind=[
-            email_kind(row[3]) if k else "unknown" for row, k in zip(rows, known, strict=True)
-        ],
-        first_channel=[row[2] or "unknown" for row in rows],
+        title_group=np.array(
+            [title_group(None if t == "unknown" else t) for t in titles], dtype=object
+        ),
+        industry=trait(6),
+        size_band=np.array(
+            [size_band(s) if h else "unknown" for s, h in zip(sizes, has_size, strict=True)],
+            dtype=object,
+        ),
+        province=trait(8),
+        city=trait(9),
+        email_kind=np.array(
+            [email_kind(e) if k else "unknown" for e, k in zip(columns[3], known, strict=True)],
+            dtype=object,
+        ),
+        first_channel=np.array([c or "unknown" for c in columns[2]], dtype=object),
     )
+    for i, channel in enumerate(VISIT_CHANNELS):
+        readable[f"came_from_{channel}"] = touched[:, i]
+    numeric = np.column_stack(
+        [
+            np.log1p(stats),
+            np.log1p(visits),
+            np.log1p(recent),
+            idle,
+            np.log1p(seen),
+            np.where(has_size, np.log1p(np.nan_to_num(sizes)), 0.0),
+            has_size.astype(float),
+            known.astype(float),
+            touched.astype(float),
+        ]
+    ).reshape(n, len(NUMERIC))
     values = np.empty((n, len(FEATURES)), dtype=object)
-    values[:, : len(COUNTS)] = np.log1p(stats)
-    values[:, len(COUNTS)] = idle
-    values[:, len(COUNTS) + 1] = np.log1p(seen)
-    values[:, len(COUNTS) + 2] = np.where(has_size, np.log1p(np.nan_to_num(sizes)), 0.0)
-    values[:, len(COUNTS) + 3] = has_size.astype(float)
+    values[:, : len(NUMERIC)] = numeric
     for offset, name in enumerate(CATEGORICAL):
         values[:, len(NUMERIC) + offset] = readable[name]
-    return FeatureFrame(ids, values, readable)
+    return FeatureFrame(list(columns[0]), values, readable)
 
 
 SIZE_BANDS = ((1, 49), (50, 199), (200, 499), (500, 999), (1000, 4999))
@@ -261,33 +339,50 @@ def size_band(employees: float) -> str:
     return "5000+"
 
 
+COUNT_NAMED = {count.name: count for count in COUNTS}
+
+
 def describe(feature: str, readable: dict[str, Any], row: int) -> str | None:
     """A rep's words for one feature of one contact, or None when it says nothing."""
+    return describe_many(feature, readable, np.array([row]))[0]
+
+
+def describe_many(feature: str, readable: dict[str, Any], rows: np.ndarray) -> list[str | None]:
+    """A rep's words for one feature of each of `rows` (None where it says nothing)."""
     value: Any = readable.get(feature)
-    for count in COUNTS:
-        if count.name == feature:
-            n = int(value[row])
-            return count.words.format(n=n, days=count.days) if n else None
+    count = COUNT_NAMED.get(feature)
+    if count is not None:
+        return [
+            count.words.format(n=n, days=count.days) if n else None for n in value[rows].astype(int)
+        ]
+    if feature == "visits":
+        return [f"came back {n - 1} times" if n > 1 else None for n in value[rows].astype(int)]
+    if feature == "recent_activity":
+        return ["active in the last two weeks" if x >= 1 else None for x in value[rows]]
     if feature == "days_since_last_activity":
-        days = float(value[row])
-        return "active today" if days < 1 else f"last active {days:.0f} days ago"
+        return [
+            "active today" if days < 1 else f"last active {days:.0f} days ago"
+            for days in value[rows].astype(float)
+        ]
     if feature == "days_since_first_seen":
-        return f"first seen {float(value[row]):.0f} days ago"
-    if feature in ("log_company_size", "company_size_known"):
-        size = float(readable["company_size"][row])
-        return f"company size {size_band(size)}" if not math.isnan(size) else None
-    if feature == "title_group":
-        title = readable["title"][row]
-        return f"job title {title}" if title else None
-    if feature in ("industry", "province"):
-        text = value[row]
-        if text == "unknown":
-            return None
-        return f"industry {text}" if feature == "industry" else f"based in {text}"
+        return [f"first seen {days:.0f} days ago" for days in value[rows].astype(float)]
+    if feature in ("log_company_size", "company_size_known", "size_band"):
+        return [
+            f"company size {size_band(size)}" if not math.isnan(size) else None
+            for size in readable["company_size"][rows].astype(float)
+        ]
+    if feature in ("title", "title_group"):
+        return [f"job title {t}" if t != "unknown" else None for t in readable["title"][rows]]
+    if feature.startswith("came_from_"):
+        channel = feature.removeprefix("came_from_")
+        phrase = f"came from {CHANNEL_WORDS.get(channel, channel)}"
+        return [phrase if touched else None for touched in value[rows]]
+    if feature in ("industry", "province", "city"):
+        prefix = "industry" if feature == "industry" else "based in"
+        return [f"{prefix} {text}" if text != "unknown" else None for text in value[rows]]
     if feature == "email_kind":
         kinds = {"company": "uses a company email", "free": "uses a free email address"}
-        return kinds.get(value[row])
+        return [kinds.get(kind) for kind in value[rows]]
     if feature == "first_channel":
-        channel = value[row]
-        return f"first came from {CHANNEL_WORDS.get(channel, channel)}"
-    return None
+        return [f"first came from {CHANNEL_WORDS.get(c, c)}" for c in value[rows]]
+    return [None] * len(rows)

@@ -12,17 +12,18 @@ import pickle
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from core.ids import sign, signature_matches
-from scoring.predictive.features import FEATURES, NUMERIC, FeatureFrame, describe
+from scoring.predictive.features import FEATURES, NUMERIC, FeatureFrame, describe_many
 
 ALGORITHM = "calibrated logistic regression"
+ARTIFACT_FORMAT = 2  # raised whenever ScoringModel's pickled shape changes
 TOP_FACTORS = 3
 
 
@@ -30,44 +31,49 @@ class ArtifactTampered(Exception):
     """A stored model's signature does not match: it was not written by this service."""
 
 
-def pipeline() -> Pipeline:
+class ArtifactOutdated(Exception):
+    """A stored model was written by an older version of this class and cannot be used."""
+
+
+def preparation() -> ColumnTransformer:
+    """Scales the numeric features and one-hot encodes the categorical ones (sparse)."""
     numeric = list(range(len(NUMERIC)))
     categorical = list(range(len(NUMERIC), len(FEATURES)))
-    prepare = ColumnTransformer(
-        [
-            ("num", StandardScaler(), numeric),
-            (
-                "cat",
-                OneHotEncoder(
-                    handle_unknown="infrequent_if_exist", min_frequency=20, sparse_output=False
-                ),
-                categorical,
-            ),
-        ]
+    encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20)
+    return ColumnTransformer(
+        [("num", StandardScaler(), numeric), ("cat", encoder, categorical)],
+        sparse_threshold=1.0,
     )
-    return Pipeline([("prepare", prepare), ("model", LogisticRegression(max_iter=2000))])
 
 
 class ScoringModel:
-    """The fitted calibrated classifier plus what it needs to explain a prediction."""
+    """The fitted preparation and calibrated classifier, plus what explaining needs.
+
+    The preparation (scaling, one-hot encoding: unsupervised) is fitted once on all training
+    rows, so scoring transforms each row once, not once per calibration fold."""
 
     def __init__(self, values: np.ndarray, labels: np.ndarray) -> None:
         positives = int(labels.sum())
         method = "isotonic" if positives >= 1000 else "sigmoid"
-        self.calibrated = CalibratedClassifierCV(pipeline(), method=method, cv=3)
-        self.calibrated.fit(values, labels)
+        self.prepare = preparation().fit(values)
+        prepared = sparse.csr_matrix(self.prepare.transform(values))
+        self.calibrated = CalibratedClassifierCV(
+            LogisticRegression(max_iter=2000), method=method, cv=3
+        )
+        self.calibrated.fit(prepared, labels)
         self.method = method
-        folds = [c.estimator for c in self.calibrated.calibrated_classifiers_]
-        # Each fold's average transformed row: a contribution is measured from it.
-        self.baselines = [f.named_steps["prepare"].transform(values).mean(axis=0) for f in folds]
-        self.owner = [self._owners(f) for f in folds]
+        self.format = ARTIFACT_FORMAT
+        folds = self.calibrated.calibrated_classifiers_
+        # Each transformed column's mean coefficient over the folds, summed into the feature it
+        # came from: a row's contributions are (row − average row) @ weights.
+        coefficients = np.mean([f.estimator.coef_[0] for f in folds], axis=0)
+        self.weights = coefficients[:, None] * self._owners()
+        self.baseline = np.asarray(prepared.mean(axis=0)).ravel() @ self.weights
 
-    @staticmethod
-    def _owners(fold: Pipeline) -> np.ndarray:
+    def _owners(self) -> np.ndarray:
         """A 0/1 matrix: transformed column × the feature (in FEATURES) it came from."""
-        prepare: ColumnTransformer = fold.named_steps["prepare"]
         owners = list(range(len(NUMERIC)))
-        encoder: OneHotEncoder = prepare.named_transformers_["cat"]
+        encoder: OneHotEncoder = self.prepare.named_transformers_["cat"]
         for name in encoder.get_feature_names_out():
             owners.append(len(NUMERIC) + int(name.split("_", 1)[0].removeprefix("x")))
         matrix = np.zeros((len(owners), len(FEATURES)))
@@ -75,19 +81,12 @@ class ScoringModel:
         return matrix
 
     def explain(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities, and each feature's contribution to each row's log-odds,
-        from one transform per fold (what predict_proba does, plus the contributions)."""
-        probabilities = np.zeros(len(values))
-        contributions = np.zeros((len(values), len(FEATURES)))
-        folds = self.calibrated.calibrated_classifiers_
-        for fold, baseline, owners in zip(folds, self.baselines, self.owner, strict=True):
-            prepare = fold.estimator.named_steps["prepare"]
-            regression = fold.estimator.named_steps["model"]
-            transformed = prepare.transform(values)
-            decision = regression.decision_function(transformed)
-            probabilities += np.clip(fold.calibrators[0].predict(decision), 0.0, 1.0)
-            contributions += ((transformed - baseline) * regression.coef_[0]) @ owners
-        return probabilities / len(folds), contributions / len(folds)
+        """Calibrated probabilities (what predict_proba gives) and each feature's contribution
+        to each row's log-odds, from one transform."""
+        prepared = sparse.csr_matrix(self.prepare.transform(values))
+        probabilities = self.calibrated.predict_proba(prepared)[:, 1]
+        contributions = np.asarray(prepared @ self.weights) - self.baseline
+        return probabilities, contributions
 
     def predict(self, values: np.ndarray) -> np.ndarray:
         if len(values) == 0:
@@ -99,18 +98,28 @@ class ScoringModel:
         if not frame.contact_ids:
             return np.zeros(0), []
         probabilities, contributions = self.explain(frame.values)
-        candidates = np.argsort(-contributions, axis=1)[:, : TOP_FACTORS + 2]
-        factors = []
-        for number, order in enumerate(candidates):
-            words: list[str] = []
-            for index in order:
-                if contributions[number, index] <= 0.01 or len(words) == TOP_FACTORS:
+        return probabilities, top_factors(frame, contributions)
+
+
+def top_factors(frame: FeatureFrame, contributions: np.ndarray) -> list[list[str]]:
+    """Up to TOP_FACTORS distinct phrases per row for the features lifting it most; phrases are
+    made feature by feature for all the rows that need them."""
+    candidates = np.argsort(-contributions, axis=1)[:, : TOP_FACTORS + 2]
+    lifting = np.take_along_axis(contributions, candidates, axis=1) > 0.01
+    phrases = np.full(candidates.shape, None, dtype=object)
+    for index in np.unique(candidates[lifting]):
+        rows, ranks = np.nonzero(lifting & (candidates == index))
+        phrases[rows, ranks] = describe_many(FEATURES[index], frame.readable, rows)
+    factors = []
+    for row in phrases.tolist():
+        words: list[str] = []
+        for phrase in row:
+            if phrase and phrase not in words:
+                words.append(phrase)
+                if len(words) == TOP_FACTORS:
                     break
-                phrase = describe(FEATURES[index], frame.readable, number)
-                if phrase and phrase not in words:
-                    words.append(phrase)
-            factors.append(words)
-        return probabilities, factors
+        factors.append(words)
+    return factors
 
 
 def dump(model: ScoringModel, secret: str) -> tuple[bytes, str]:
@@ -123,6 +132,8 @@ def load(artifact: bytes, signature: str, secret: str) -> ScoringModel:
         raise ArtifactTampered("the stored model's signature does not match; refusing to load it")
     model = pickle.loads(artifact)  # noqa: S301 - signature verified above
     assert isinstance(model, ScoringModel)
+    if getattr(model, "format", 1) != ARTIFACT_FORMAT:
+        raise ArtifactOutdated("the stored model was trained by an older version; retrain it")
     return model
 
 

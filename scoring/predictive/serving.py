@@ -19,7 +19,8 @@ from core.settings import get_settings
 from scoring.engine import active_rules, rescore
 from scoring.models import ContactScore, PredictiveModel
 from scoring.predictive import features
-from scoring.predictive.model import ScoringModel, load
+from scoring.predictive.model import ScoringModel
+from scoring.predictive.training import loadable
 from scoring.rules import FIT
 from scoring.scorer import knobs
 
@@ -28,11 +29,14 @@ _loaded: dict[int, ScoringModel] = {}
 
 def active_model(session: Session) -> tuple[PredictiveModel, ScoringModel] | None:
     row = session.scalar(select(PredictiveModel).where(PredictiveModel.status == "active"))
-    if row is None or row.artifact is None or row.artifact_signature is None:
+    if row is None:
         return None
     if row.version not in _loaded:
+        model = loadable(row, get_settings().secret_key)
+        if model is None:  # an outdated artifact: the rule score serves until a retrain
+            return None
         _loaded.clear()
-        _loaded[row.version] = load(row.artifact, row.artifact_signature, get_settings().secret_key)
+        _loaded[row.version] = model
     return row, _loaded[row.version]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -15,12 +16,24 @@ from sqlalchemy.orm import Session
 from capture.models import Event
 from core.clock import clock
 from core.settings import get_settings
-from scoring.engine import effective_points
-from scoring.models import LifecycleTransition, PredictiveModel, ScoreEntry, ScoringRule
+from scoring.engine import decayed_points
+from scoring.models import (
+    LifecycleTransition,
+    PredictiveModel,
+    ScoreEntry,
+    ScoringRule,
+    SimulatedContact,
+)
 from scoring.predictive import features
-from scoring.predictive.model import ALGORITHM, ScoringModel, dump, load, metrics
+from scoring.predictive.model import (
+    ALGORITHM,
+    ArtifactOutdated,
+    ScoringModel,
+    dump,
+    load,
+    metrics,
+)
 from scoring.scorer import scoring_settings
-from scoring.sql import decay_factor
 
 OUTCOME_STAGES = ("opportunity", "customer")
 MAX_TRAINING_CUTOFFS = 6
@@ -54,14 +67,10 @@ def outcomes(session: Session) -> dict[uuid.UUID, datetime]:
 
 
 def snapshot(
-    session: Session,
-    cutoff: datetime,
-    label_days: int,
-    reached: dict[uuid.UUID, datetime],
-    known_since: dict[uuid.UUID, datetime],
+    session: Session, cutoff: datetime, label_days: int, reached: dict[uuid.UUID, datetime]
 ) -> Snapshot:
     """Contacts still open at `cutoff`, labelled by whether they got there within the window."""
-    frame = features.build(session, cutoff, known_since=known_since)
+    frame = features.build(session, cutoff, historical=True)
     end = cutoff + timedelta(days=label_days)
     keep = [i for i, cid in enumerate(frame.contact_ids) if reached.get(cid, end) >= cutoff]
     labels = np.array(
@@ -95,7 +104,7 @@ def rule_scores_at(session: Session, at: datetime, contact_ids: list[uuid.UUID])
         session.execute(
             select(
                 ScoreEntry.contact_id,
-                func.sum(effective_points() * decay_factor(ScoreEntry.occurred_at, at, half_life)),
+                func.sum(decayed_points(at, half_life)),
             )
             .outerjoin(ScoringRule, ScoringRule.id == ScoreEntry.rule_id)
             .where(ScoreEntry.occurred_at < at)
@@ -103,6 +112,59 @@ def rule_scores_at(session: Session, at: datetime, contact_ids: list[uuid.UUID])
         ).all()
     )
     return np.array([float(totals.get(cid) or 0.0) for cid in contact_ids])
+
+
+def ground_truth_report(
+    session: Session,
+    holdout: Snapshot,
+    cutoff: datetime,
+    probabilities: np.ndarray,
+    rule_scores: np.ndarray,
+) -> dict[str, Any] | None:
+    """On a simulated population, the holdout AUCs of the model, the rule score and the true
+    probabilities (the ceiling) against the ground-truth outcome: an opportunity at any time
+    after the cutoff, even after the data ends. None when the contacts were not simulated."""
+    truth = {
+        row.contact_id: row
+        for row in session.execute(
+            select(
+                SimulatedContact.contact_id,
+                SimulatedContact.true_probability,
+                SimulatedContact.converted_at,
+            ).where(SimulatedContact.contact_id.is_not(None))
+        )
+    }
+    known = [i for i, cid in enumerate(holdout.frame.contact_ids) if cid in truth]
+    if not known:
+        return None
+    rows = [truth[holdout.frame.contact_ids[i]] for i in known]
+    outcome = np.array([r.converted_at is not None and r.converted_at > cutoff for r in rows])
+    if outcome.all() or not outcome.any():
+        return None
+    true_probabilities = np.array([r.true_probability for r in rows])
+
+    def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+        return round(float(roc_auc_score(labels, scores)), 4)
+
+    return {
+        "outcome": "became an opportunity at any time after the holdout cutoff (simulated)",
+        "contacts": len(known),
+        "positives": int(outcome.sum()),
+        "model_roc_auc": auc(outcome, probabilities[known]),
+        "rule_score_roc_auc": auc(outcome, rule_scores[known]),
+        "true_probability_roc_auc": auc(outcome, true_probabilities),
+        "true_probability_roc_auc_on_label": auc(holdout.labels[known], true_probabilities),
+    }
+
+
+def loadable(row: PredictiveModel | None, secret: str) -> ScoringModel | None:
+    """The model a stored version holds, or None when there is none or it is outdated."""
+    if row is None or row.artifact is None or row.artifact_signature is None:
+        return None
+    try:
+        return load(row.artifact, row.artifact_signature, secret)
+    except ArtifactOutdated:
+        return None
 
 
 def next_version(session: Session) -> int:
@@ -122,9 +184,7 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
     label_days = settings.label_days
     holdout_cutoff, training_cutoffs = cutoffs(session, now, label_days)
     reached = outcomes(session)
-    known_since = features.first_identified(session)
-
-    train = [snapshot(session, c, label_days, reached, known_since) for c in training_cutoffs]
+    train = [snapshot(session, c, label_days, reached) for c in training_cutoffs]
     rows = sum(len(s.labels) for s in train)
     if rows == 0:
         raise TrainingError(
@@ -142,7 +202,7 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
             f"training history; at least {settings.min_positives} are needed, so the rule score "
             "stays in use",
         )
-    holdout = snapshot(session, holdout_cutoff, label_days, reached, known_since)
+    holdout = snapshot(session, holdout_cutoff, label_days, reached)
     holdout_positives = int(holdout.labels.sum())
     if holdout_positives < MIN_HOLDOUT_POSITIVES or holdout_positives == len(holdout.labels):
         raise TrainingError(
@@ -157,12 +217,22 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
     rule_scores = rule_scores_at(session, holdout_cutoff, holdout.frame.contact_ids)
     report["rule_score_roc_auc"] = round(float(roc_auc_score(holdout.labels, rule_scores)), 4)
     report["calibration_method"] = model.method
+    report["label"] = (
+        f"became an opportunity or customer within {label_days} days of the cutoff; holdout: "
+        f"contacts open at {holdout_cutoff:%Y-%m-%d}"
+    )
+    truth = ground_truth_report(session, holdout, holdout_cutoff, probabilities, rule_scores)
+    if truth is not None:
+        report["ground_truth"] = truth
 
     secret = get_settings().secret_key
     current = active(session)
     status, reason = "active", "first model: replaces the rule score"
-    if current is not None and current.artifact and current.artifact_signature:
-        previous = load(current.artifact, current.artifact_signature, secret)
+    previous = loadable(current, secret)
+    if current is not None and previous is None:
+        reason = f"v{current.version} was trained by an older version and cannot be compared"
+        current.status = "retired"
+    elif current is not None and previous is not None:
         previous_auc = float(roc_auc_score(holdout.labels, previous.predict(holdout.frame.values)))
         report["previous_roc_auc"] = round(previous_auc, 4)
         if report["roc_auc"] >= round(previous_auc, 4):

@@ -192,7 +192,10 @@ def test_breakdown_adjustment_and_lifecycle_explain_a_contact(
         "Tier-one region",
         "Company email",
     }
-    assert score["lines_total"] == 3
+    assert sorted(line["cause"] for line in score["lines"]) == ["decay", "rule", "rule", "rule"]
+    assert score["lines_total"] == 4
+    assert sum(line["points"] for line in score["lines"]) == pytest.approx(score["stored_score"])
+    assert score["stored_score"] + score["decay_since_stored"] == pytest.approx(score["score"])
     whitepaper = next(
         line for line in score["lines"] if line["rule_name"] == "Whitepaper downloaded"
     )

@@ -13,7 +13,7 @@ from core.clock import clock
 from core.db import session_scope
 from scoring import lifecycle, scorer
 from scoring.engine import current_score
-from scoring.models import ContactScore, LifecycleTransition
+from scoring.models import ContactScore, LifecycleTransition, ScoreEntry
 from tests.conftest import drain
 from tests.scoring.conftest import T0, add_event, make_contact, page, process_feed
 
@@ -150,4 +150,40 @@ def test_decay_cools_a_quiet_lead_without_moving_it_back(backend: object) -> Non
                 .limit(1)
             )
             == "mql"
+        )
+
+
+def test_the_daily_decay_pass_writes_decay_down_and_reports_cooled_mqls(backend: object) -> None:
+    contact = make_contact(**GOOD_FIT)  # type: ignore[arg-type]
+    warm = make_contact(**GOOD_FIT)  # type: ignore[arg-type]
+    add_event(contact, T0, "form_submitted")
+    add_event(contact, T0, "whitepaper_downloaded")
+    page(warm, T0)
+    process_feed()
+    assert stage(contact) == "mql"
+    clock.advance(timedelta(days=60))
+    with session_scope() as session:
+        assert scorer.decay_scores(session, clock.now()) == 1  # warm cooled by less than 1 point
+        decay = session.scalars(
+            select(ScoreEntry).where(ScoreEntry.contact_id == contact, ScoreEntry.cause == "decay")
+        ).one()
+        assert decay.points == pytest.approx(-65 * 3 / 4)
+        assert decay.occurred_at == clock.now()
+    row = scores(contact)
+    assert (row.behavior_score, row.behavior_as_of) == (pytest.approx(65 / 4), clock.now())
+    assert scores(warm).behavior_as_of == T0
+    assert stage(contact) == "mql"
+    drain()
+    with session_scope() as session:
+        cooled = session.execute(
+            select(Event.contact_id, Event.properties).where(Event.name == "cooled_below_mql")
+        ).all()
+    assert [c.contact_id for c in cooled] == [contact]
+    assert cooled[0].properties == {"score": 16.25, "mql_threshold": 60.0}
+    with session_scope() as session:
+        assert scorer.decay_scores(session, clock.now()) == 0
+    drain()
+    with session_scope() as session:
+        assert (
+            len(session.scalars(select(Event).where(Event.name == "cooled_below_mql")).all()) == 1
         )

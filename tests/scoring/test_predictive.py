@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
+from capture.models import Event, Visit
 from core.clock import clock
 from core.db import session_scope
 from scoring.models import ContactScore, PredictiveModel, ScoringSettings
 from scoring.predictive import features, serving, training
 from scoring.predictive.model import (
+    ArtifactOutdated,
     ArtifactTampered,
     ScoringModel,
     calibration_error,
@@ -34,31 +36,36 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     values = np.empty((rows, len(features.FEATURES)), dtype=object)
     probabilities = np.empty(rows)
     raw = []
+    logged = {c.name for c in features.COUNTS} | {"visits", "recent_activity"}
     for i in range(rows):
         pricing = rng.choice([0, 0, 0, 1, 2, 4])
         forms = rng.choice([0, 0, 0, 1])
-        title = rng.choice(["executive", "manager", "individual", "unknown"])
-        logit = -4 + 1.2 * math.log1p(pricing) + 1.5 * forms + (1.0 if title == "executive" else 0)
+        title = rng.choice(["CTO", "IT经理", "工程师", "unknown"])
+        logit = -4 + 1.2 * math.log1p(pricing) + 1.5 * forms + (1.0 if title == "CTO" else 0)
         probabilities[i] = 1 / (1 + math.exp(-logit))
-        readable = {c.name: 0 for c in features.COUNTS}
+        readable: dict = {name: 0 for name in features.NUMERIC}
         readable.update(
             pricing_views_7d=pricing,
-            forms_90d=forms,
+            forms=forms,
+            visits=rng.randint(1, 4),
             days_since_last_activity=rng.uniform(0, 90),
             days_since_first_seen=rng.uniform(0, 180),
-            company_size=None,
-            title="CTO" if title == "executive" else None,
-            title_group=title,
+            identified=1,
+            company_size=math.nan,
+            title=title,
+            title_group=features.title_group(None if title == "unknown" else title),
             industry="制造业",
+            size_band="unknown",
             province="上海",
+            city="上海",
             email_kind="company",
             first_channel=rng.choice(["paid_search", "direct"]),
         )
-        numeric = [math.log1p(readable[c.name]) for c in features.COUNTS] + [
-            readable["days_since_last_activity"],
-            math.log1p(readable["days_since_first_seen"]),
-            0.0,
-            0.0,
+        numeric = [
+            math.log1p(readable[name])
+            if name in logged or name == "days_since_first_seen"
+            else readable[name]
+            for name in features.NUMERIC
         ]
         values[i] = [*numeric, *(readable[name] for name in features.CATEGORICAL)]
         raw.append(readable)
@@ -71,19 +78,21 @@ def test_the_model_is_calibrated_on_data_with_known_probabilities() -> None:
     model = ScoringModel(values, labels)
     fresh, fresh_labels, truth, raw = synthetic(20_000, seed=2)
     predicted = model.predict(fresh)
-    assert np.allclose(predicted, model.calibrated.predict_proba(fresh)[:, 1])
+    assert np.allclose(
+        predicted, model.calibrated.predict_proba(model.prepare.transform(fresh))[:, 1]
+    )
     assert calibration_error(fresh_labels, predicted) < 0.02
     assert np.abs(predicted - truth).mean() < 0.02
     ceiling = roc_auc_score(fresh_labels, truth)
     assert roc_auc_score(fresh_labels, predicted) > ceiling - 0.01
 
-    readable = {key: [row[key] for row in raw] for key in raw[0]}
-    readable["company_size"] = [math.nan] * len(raw)
+    readable = {key: np.array([row[key] for row in raw]) for key in raw[0]}
     frame = features.FeatureFrame(list(range(len(raw))), fresh, readable)  # type: ignore[arg-type]
     _, factors = model.score(frame)
     hot = max(range(len(raw)), key=lambda i: truth[i])
     assert any("pricing" in words for words in factors[hot])
     assert any("submitted 1 forms" in words for words in factors[hot])
+    assert any("job title CTO" in words for words in factors[hot])
 
 
 def test_training_with_no_history_is_refused(backend: object) -> None:
@@ -110,6 +119,35 @@ def test_cold_start_keeps_the_rule_score(backend: object) -> None:
         )
 
 
+def test_features_read_nothing_from_the_prediction_cutoff_on(backend: object) -> None:
+    """Features at a cutoff are the same after every event and visit from the cutoff on is
+    deleted, and traits stay hidden for people who identified later."""
+    clock.freeze(END)
+    simulate(300, 60, seed=3, end=END, progress=False)
+    cutoff = END - timedelta(days=20)
+    with session_scope() as session:
+        before = features.build(session, cutoff, historical=True)
+        identified_later = set(
+            session.scalars(
+                select(Event.contact_id)
+                .where(Event.type == "identify")
+                .group_by(Event.contact_id)
+                .having(func.min(Event.timestamp) >= cutoff)
+            )
+        )
+        events_later = session.execute(delete(Event).where(Event.timestamp >= cutoff)).rowcount
+        visits_later = session.execute(delete(Visit).where(Visit.started_at >= cutoff)).rowcount
+        after = features.build(session, cutoff, historical=True)
+    assert identified_later and events_later > 500 and visits_later > 100
+    assert after.contact_ids == before.contact_ids
+    assert (after.values == before.values).all()
+    hidden = [i for i, c in enumerate(before.contact_ids) if c in identified_later]
+    assert hidden
+    for name in ("title", "industry", "size_band", "city", "email_kind"):
+        assert set(before.readable[name][hidden]) == {"unknown"}
+    assert not before.readable["identified"][hidden].any()
+
+
 class Guessing(ScoringModel):
     """A model no better than chance, to show a worse model never replaces a better one."""
 
@@ -130,6 +168,10 @@ def test_a_model_trained_on_history_beats_the_rule_score(
         assert report["roc_auc"] > report["rule_score_roc_auc"]
         assert report["top_decile_lift"] > 3
         assert report["calibration_error"] < 0.03
+        assert report["label"].startswith("became an opportunity or customer within 30 days")
+        truth = report["ground_truth"]
+        assert truth["contacts"] == first.holdout_rows and truth["positives"] > 0
+        assert truth["true_probability_roc_auc"] > truth["rule_score_roc_auc"]
         assert first.train_positives >= 50 and first.holdout_positives >= 10
         assert first.holdout_cutoff == END.replace(month=5, day=2)
 
@@ -161,3 +203,7 @@ def test_a_tampered_artifact_is_never_loaded(backend: object) -> None:
         load(artifact + b" ", signature, "secret")
     with pytest.raises(ArtifactTampered):
         load(artifact, signature, "another secret")
+    outdated = ScoringModel(values, labels)
+    outdated.format = 1
+    with pytest.raises(ArtifactOutdated):
+        load(*dump(outdated, "secret"), "secret")

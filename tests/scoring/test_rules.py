@@ -1,10 +1,12 @@
 """Rule scores: each rule type, daily limits, first-time-only, decay arithmetic, the ledger
-adding up, redelivery, and rescoring giving what incremental scoring gave."""
+adding up (decay lines included), redelivery, and rescoring giving what incremental scoring
+gave."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections import defaultdict
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,7 @@ from core import feed
 from core.clock import clock
 from core.db import session_scope
 from scoring import scorer
-from scoring.engine import current_score, decayed
+from scoring.engine import active_rules, current_score, decayed, rescore
 from scoring.models import ContactScore, ScoreEntry, ScoringRule, ScoringSettings
 from tests.scoring.conftest import T0, add_event, make_contact, page, process_feed
 
@@ -35,6 +37,34 @@ def ledger_points(contact_id: uuid.UUID) -> dict[str, float]:
             .group_by(ScoringRule.name)
         ).all()
     return {name: total for name, total in rows}
+
+
+def assert_ledger_complete() -> int:
+    """For every stored score: its ledger lines sum to it at its as-of time, and reading it now
+    (stored × decay since then) equals the awards and adjustments replayed and decayed to now.
+    Returns how many scores were checked."""
+    now = clock.now()
+    with session_scope() as session:
+        half_life = scorer.scoring_settings(session).half_life_days
+        lines: dict[uuid.UUID, list[tuple[str, float, object]]] = defaultdict(list)
+        for entry, rule_points in session.execute(
+            select(ScoreEntry, ScoringRule.points).outerjoin(
+                ScoringRule, ScoringRule.id == ScoreEntry.rule_id
+            )
+        ):
+            points = rule_points if entry.cause == "rule" else entry.points
+            lines[entry.contact_id].append((entry.cause, points, entry.occurred_at))
+        stored = session.scalars(select(ContactScore)).all()
+        for row in stored:
+            own = lines[row.contact_id]
+            assert sum(points for _, points, _ in own) == pytest.approx(
+                row.behavior_score, abs=1e-6
+            )
+            replayed = sum(
+                decayed(p, at, now, half_life) for cause, p, at in own if cause != "decay"
+            )
+            assert current_score(row, now, half_life) == pytest.approx(replayed, abs=1e-6)
+        return len(stored)
 
 
 def rule_named(name: str) -> ScoringRule:
@@ -215,9 +245,10 @@ def test_a_change_of_points_alone_reprices_earlier_awards_exactly(backend: objec
         rule.points, rule.version = 25, rule.version + 1
         scorer.record_version(session, rule, "updated", None)
         session.flush()
-        lines_before = session.scalar(select(func.count()).select_from(ScoreEntry))
+        awards = select(func.count()).where(ScoreEntry.cause == "rule")
+        awards_before = session.scalar(awards)
         assert scorer.rescore_rule(session, rule.id, rule.version)
-        assert session.scalar(select(func.count()).select_from(ScoreEntry)) == lines_before
+        assert session.scalar(awards) == awards_before
     expected = 26 * 0.5 + 26 * 0.5 ** (10 / 30)
     assert score(contact) == pytest.approx(expected)
     clock.advance(timedelta(days=7))
@@ -228,3 +259,66 @@ def test_a_change_of_points_alone_reprices_earlier_awards_exactly(backend: objec
     with session_scope() as session:
         scorer.rescore_all(session)  # rederived from the events: the same score
     assert score(contact) == pytest.approx(repriced)
+
+
+def test_every_change_is_in_the_ledger_and_the_ledger_sums_to_the_stored_score(
+    backend: object,
+) -> None:
+    """New events, a manual adjustment, a change of points, a change of conditions, the decay
+    pass and a half-life change: after each, the ledger (decay lines included) sums to every
+    stored score, and reading a score equals replaying its awards."""
+    rng = random.Random(9)
+    contacts = [make_contact() for _ in range(5)]
+    for day in range(0, 40, 4):
+        clock.freeze(T0 + timedelta(days=day))
+        for contact in contacts:
+            if rng.random() < 0.6:
+                page(contact, clock.now() - timedelta(hours=rng.uniform(0, 30)), "/pricing")
+            if rng.random() < 0.2:
+                add_event(contact, clock.now(), rng.choice(["form_submitted", "email_clicked"]))
+        process_feed()
+        assert_ledger_complete()
+    assert assert_ledger_complete() == len(contacts)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).where(ScoreEntry.cause == "decay"))
+
+    clock.advance(timedelta(days=3))
+    with session_scope() as session:
+        entry = ScoreEntry(
+            contact_id=contacts[0],
+            cause="manual",
+            points=30,
+            occurred_at=clock.now(),
+            recorded_at=clock.now(),
+        )
+        session.add(entry)
+        session.flush()
+        k = scorer.knobs(session, clock.now())
+        rescore(session, k, active_rules(session, "fit"), clock.now(), [contacts[0]])
+    assert_ledger_complete()
+
+    pricing = rule_named("Pricing page viewed")
+    for change in ({"points": 17.0}, {"daily_limit": 1}):
+        clock.advance(timedelta(days=2))
+        with session_scope() as session:
+            rule = session.get(ScoringRule, pricing.id)
+            assert rule is not None
+            for key, value in change.items():
+                setattr(rule, key, value)
+            rule.version += 1
+            scorer.record_version(session, rule, "updated", None)
+            session.flush()
+            assert scorer.rescore_rule(session, rule.id, rule.version)
+        assert_ledger_complete()
+
+    clock.advance(timedelta(days=20))
+    before = {c: score(c) for c in contacts}
+    with session_scope() as session:
+        assert scorer.decay_scores(session, clock.now()) > 0
+    assert_ledger_complete()
+    assert {c: score(c) for c in contacts} == pytest.approx(before)
+
+    with session_scope() as session:
+        session.execute(update(ScoringSettings).values(half_life_days=12))
+        scorer.rescore_all(session)
+    assert_ledger_complete()

@@ -10,6 +10,10 @@ A tree is one of:
 - `{"reachable": "email" | "sms"}` (address, consent granted, not unsubscribed or suppressed)
 - `{"in_segment": "<segment id>"}`
 
+Scores are fields too: `score` (the behavioural score decayed to now; 0 when never scored),
+`grade` (fit grade, A best: `gte "B"` means A or B), `probability` (the predictive model's,
+0 to 1). `lifecycle_stage` compares stages in funnel order (`gte "mql"`: MQL or later).
+
 A JSON value is compared by the type of the condition's value: a trait holding the number 5
 never equals the string "5". `neq` also matches contacts that lack the trait. Dates held in
 traits are ISO-8601 strings in UTC, compared as text; `anniversary` (value: days ahead) matches
@@ -18,6 +22,7 @@ a date trait whose month and day fall that many days from today.
 
 from __future__ import annotations
 
+import operator
 import re
 import uuid
 from dataclasses import dataclass
@@ -38,10 +43,15 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import InstrumentedAttribute
 
 from capture.models import Contact, Event
 from journeys.models import SegmentMember
+from scoring.lifecycle import ALL_STAGES, STAGES
+from scoring.models import SETTINGS_ROW_ID, ContactScore, ScoringSettings
+from scoring.rules import GRADES
+from scoring.sql import SECONDS_PER_DAY, epoch_seconds
 
 MAX_DEPTH = 20
 MAX_NODES = 200
@@ -55,6 +65,16 @@ COMPARISONS = ("eq", "neq", "gt", "gte", "lt", "lte")
 TEXT_OPS = ("contains", "starts_with", "matches")
 DATE_OPS = ("within_last_days", "more_than_days_ago", "within_next_days")
 JSON_OPS = (*COMPARISONS, *TEXT_OPS, "in", "exists", *DATE_OPS, "anniversary")
+ORDERED = ("gt", "gte", "lt", "lte")
+COMPARE = {
+    "eq": operator.eq,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+# The half-life a scoring settings row starts with, for databases that have none yet.
+DEFAULT_HALF_LIFE_DAYS = 30.0
 
 # Each column kind lists the operators that make sense on it.
 KIND_OPS = {
@@ -63,7 +83,14 @@ KIND_OPS = {
     "boolean": ("eq", "neq"),
     "datetime": ("gt", "gte", "lt", "lte", "exists", *DATE_OPS),
     "list": ("contains", "exists"),
+    "stage": (*COMPARISONS, "in", "exists"),
+    "score": COMPARISONS,
+    "probability": (*COMPARISONS, "exists"),
+    "grade": (*COMPARISONS, "in"),
 }
+# Ranked kinds: the allowed values, best or furthest last for `gt`/`gte`.
+RANKS = {"stage": STAGES, "grade": tuple(reversed(GRADES))}
+SCORE_KINDS = ("score", "probability", "grade")
 
 CONTACT_FIELDS: dict[str, tuple[InstrumentedAttribute[Any], str]] = {
     "email": (Contact.email, "text"),
@@ -71,7 +98,7 @@ CONTACT_FIELDS: dict[str, tuple[InstrumentedAttribute[Any], str]] = {
     "user_id": (Contact.user_id, "text"),
     "is_known": (Contact.is_known, "boolean"),
     "timezone": (Contact.timezone, "text"),
-    "lifecycle_stage": (Contact.lifecycle_stage, "text"),
+    "lifecycle_stage": (Contact.lifecycle_stage, "stage"),
     "email_consent": (Contact.email_consent, "text"),
     "sms_consent": (Contact.sms_consent, "text"),
     "page_views": (Contact.page_views, "number"),
@@ -85,6 +112,9 @@ CONTACT_FIELDS: dict[str, tuple[InstrumentedAttribute[Any], str]] = {
     "last_touch_channel": (Contact.last_touch_channel, "text"),
     "last_touch_source": (Contact.last_touch_source, "text"),
     "last_touch_campaign": (Contact.last_touch_campaign, "text"),
+    "score": (ContactScore.behavior_score, "score"),
+    "probability": (ContactScore.probability, "probability"),
+    "grade": (ContactScore.grade, "grade"),
 }
 
 EVENT_FIELDS: dict[str, tuple[InstrumentedAttribute[Any], str]] = {
@@ -292,6 +322,19 @@ def _check_value(op: str, kind: str, value: Any, path: str) -> Any:
 
 
 def _check_scalar(kind: str, value: Any, path: str, op: str) -> Any:
+    if kind in RANKS:
+        allowed: tuple[str, ...] = STAGES if op in ORDERED else ALL_STAGES
+        if kind == "grade":
+            allowed = GRADES
+        if value not in allowed:
+            raise ConditionError(path, f"must be one of: {', '.join(allowed)}")
+        return value
+    if kind in ("score", "probability"):
+        if not _is_number(value):
+            raise ConditionError(path, "must be a number")
+        if kind == "probability" and not 0 <= value <= 1:
+            raise ConditionError(path, "must be a probability from 0 to 1")
+        return value
     if kind == "datetime":
         if not isinstance(value, str):
             raise ConditionError(path, "must be an ISO-8601 date-time string")
@@ -445,11 +488,20 @@ def _class_end(pattern: str, start: int) -> int:
 
 
 class Compiler:
-    """Turns a parsed condition into a SQL boolean over `contacts` for one database."""
+    """Turns a parsed condition into a SQL boolean over `contacts` for one database.
 
-    def __init__(self, now: datetime, postgres: bool) -> None:
+    The boolean may be NULL where a value is missing; NULL means "no" under `and`, `or` and
+    WHERE, and `not` turns it into FALSE first. Leaving it NULL elsewhere keeps the tests
+    plain column comparisons the planner can estimate and index.
+
+    `bulk` is for queries over all contacts (full rebuilds, previews): counted behaviour is
+    then one grouped pass over events instead of a count per contact.
+    """
+
+    def __init__(self, now: datetime, postgres: bool, bulk: bool = False) -> None:
         self.now = now
         self.postgres = postgres
+        self.bulk = bulk
 
     def members(self, node: Node) -> Select[uuid.UUID]:
         """The ids of live (not merged) contacts meeting the condition."""
@@ -461,7 +513,7 @@ class Compiler:
         if isinstance(node, AnyOf):
             return or_(*(self.compile(part) for part in node.parts))
         if isinstance(node, Not):
-            return not_(self.compile(node.part))
+            return not_(func.coalesce(self.compile(node.part), false()))
         if isinstance(node, FieldTest):
             return self._field(node, Contact.traits, "traits", CONTACT_FIELDS)
         if isinstance(node, Behaviour):
@@ -484,10 +536,12 @@ class Compiler:
             expr = self._json_test(json_column, key, test.op, test.value)
         else:
             column, kind = columns[test.field]
-            expr = self._column_test(column, kind, test.op, test.value)
-        # Two-valued: a missing value is "no", so that `not` around it means "yes".
-        known = func.coalesce(expr, false())
-        return not_(known) if test.op == "neq" else known
+            if kind in SCORE_KINDS:
+                expr = self._score_test(column, kind, test.op, test.value)
+            else:
+                expr = self._column_test(column, kind, test.op, test.value)
+        # `neq` is "not equal", so that it also holds where the value is missing.
+        return not_(func.coalesce(expr, false())) if test.op == "neq" else expr
 
     def _json_test(
         self, column: InstrumentedAttribute[Any], key: str, op: str, value: Any
@@ -510,6 +564,11 @@ class Compiler:
             text = self._typed(column, key, json_type, "string")
             day = (self.now + timedelta(days=value)).strftime("%m-%d")
             return func.substr(text, 6, 5) == day
+        if self.postgres and op in ("eq", "neq", "in"):
+            # jsonb equality weighs type and value at once, reading the key once per row.
+            if op == "in":
+                return column[key].in_([literal(item, JSONB) for item in value])
+            return column[key] == literal(value, JSONB)
         sample = value[0] if op == "in" else value
         typed = self._typed(column, key, json_type, _scalar_type(sample))
         return self._compare(typed, _scalar_type(sample), op, value)
@@ -519,14 +578,16 @@ class Compiler:
     ) -> ColumnElement[bool]:
         if op == "exists":
             present: ColumnElement[bool] = column.is_not(None)
-            if kind == "text":
+            if kind in ("text", "stage"):
                 present = and_(present, column != "")
             elif kind == "list":
                 length = func.jsonb_array_length if self.postgres else func.json_array_length
                 present = and_(present, length(column) > 0)
-            return present if value else not_(present)
+            return present if value else not_(func.coalesce(present, false()))
         if kind == "list":
             return self._list_contains(column, value)
+        if kind == "stage" and op in ORDERED:
+            return column.in_(_ranked(kind, op, value))
         if op in DATE_OPS:
             low, high = self._date_window(op, value)
             bounds = []
@@ -537,7 +598,41 @@ class Compiler:
             return and_(*bounds)
         if kind == "datetime":
             return self._compare(column, "datetime", op, value)
-        return self._compare(column, "string" if kind == "text" else kind, op, value)
+        return self._compare(column, "number" if kind == "number" else "string", op, value)
+
+    def _score_test(
+        self, column: InstrumentedAttribute[Any], kind: str, op: str, value: Any
+    ) -> ColumnElement[bool]:
+        """A test on the contact's `contact_scores` row, as a semi- or anti-join."""
+        if kind == "score":
+            # Never scored is a score of 0: a test 0 passes holds unless a row says otherwise.
+            test = self._compare(self.score_now(), "number", op, value)
+            owned = ContactScore.contact_id == Contact.id
+            if COMPARE["eq" if op == "neq" else op](0, value):
+                return not_(exists().where(owned, not_(test)))
+            return exists().where(owned, test)
+        if op == "exists":
+            present = exists().where(ContactScore.contact_id == Contact.id, column.is_not(None))
+            return present if value else not_(present)
+        if kind == "grade" and op in ORDERED:
+            test = column.in_(_ranked(kind, op, value))
+        else:
+            test = self._compare(column, "number" if kind == "probability" else "string", op, value)
+        return exists().where(ContactScore.contact_id == Contact.id, test)
+
+    def score_now(self) -> ColumnElement[float]:
+        """The behavioural score decayed from `behavior_as_of` to now, with the half-life
+        read from the settings row inside the same query."""
+        half_life = func.coalesce(
+            select(ScoringSettings.half_life_days)
+            .where(ScoringSettings.id == SETTINGS_ROW_ID)
+            .scalar_subquery(),
+            DEFAULT_HALF_LIFE_DAYS,
+        )
+        age_days = (
+            literal(self.now.timestamp()) - epoch_seconds(ContactScore.behavior_as_of)
+        ) / SECONDS_PER_DAY
+        return ContactScore.behavior_score * func.power(0.5, age_days / half_life)
 
     def _compare(self, expr: Any, kind: str, op: str, value: Any) -> ColumnElement[bool]:
         if op == "in":
@@ -549,15 +644,11 @@ class Compiler:
             return func.substr(expr, 1, len(value)) == value
         if op == "matches":
             return expr.regexp_match(value)
-        ordered = self._ordered(expr) if kind == "string" else expr
         if op in ("eq", "neq"):
-            return ordered == value
-        return {
-            "gt": ordered > value,
-            "gte": ordered >= value,
-            "lt": ordered < value,
-            "lte": ordered <= value,
-        }[op]
+            # Equality needs no collation: every collation in use is deterministic.
+            return expr == value
+        ordered = self._ordered(expr) if kind == "string" else expr
+        return COMPARE[op](ordered, value)
 
     def _ordered(self, text: Any) -> Any:
         # Byte order on both databases; PostgreSQL's default collation would sort otherwise.
@@ -603,7 +694,7 @@ class Compiler:
         return [self._field(test, Event.properties, "properties", EVENT_FIELDS) for test in where]
 
     def _behaviour(self, node: Behaviour) -> ColumnElement[bool]:
-        criteria: list[ColumnElement[bool]] = [Event.contact_id == Contact.id]
+        criteria: list[ColumnElement[bool]] = []
         if node.event is not None:
             criteria.append(Event.name == node.event)
         if node.type is not None:
@@ -611,20 +702,49 @@ class Compiler:
         if node.within_days is not None:
             criteria.append(Event.timestamp >= self.now - timedelta(days=node.within_days))
         criteria.extend(self.event_filters(node.where))
-        matching = select(literal(1)).select_from(Event).where(*criteria).correlate(Contact)
+        matching = (
+            select(literal(1))
+            .select_from(Event)
+            .where(Event.contact_id == Contact.id, *criteria)
+            .correlate(Contact)
+        )
         if node.at_most == 0:
             return not_(exists(matching))
-        if node.at_most is None and (node.at_least or 0) <= 1:
-            return exists(matching) if node.at_least else true()
+        at_least = node.at_least or 0
+        if node.at_most is None and at_least <= 1:
+            return exists(matching) if at_least else true()
+        if self.bulk:
+            return self._counted_in_bulk(criteria, at_least, node.at_most)
         # Counting stops one past the largest number that matters.
-        limit = (node.at_most + 1) if node.at_most is not None else node.at_least
+        limit = (node.at_most + 1) if node.at_most is not None else at_least
         counted = select(func.count()).select_from(matching.limit(limit).subquery())
         count = counted.scalar_subquery()
         bounds = []
-        if node.at_least:
-            bounds.append(count >= node.at_least)
+        if at_least:
+            bounds.append(count >= at_least)
         if node.at_most is not None:
             bounds.append(count <= node.at_most)
+        return and_(*bounds)
+
+    def _counted_in_bulk(
+        self, criteria: list[ColumnElement[bool]], at_least: int, at_most: int | None
+    ) -> ColumnElement[bool]:
+        """Counts as `IN` over one grouped scan of the matching events, which the database
+        runs once as a hash (a correlated count would run once per contact)."""
+
+        def doing_at_least(times: int) -> ColumnElement[bool]:
+            return Contact.id.in_(
+                select(Event.contact_id)
+                .where(*criteria)
+                .group_by(Event.contact_id)
+                .having(func.count() >= times)
+            )
+
+        bounds = []
+        if at_least:
+            bounds.append(doing_at_least(at_least))
+        if at_most is not None:
+            bounds.append(not_(doing_at_least(at_most + 1)))
         return and_(*bounds)
 
     def _reachable(self, channel: str) -> ColumnElement[bool]:
@@ -643,3 +763,17 @@ class Compiler:
             Contact.sms_unsubscribed.is_(False),
             Contact.suppressed.is_(False),
         )
+
+
+def _ranked(kind: str, op: str, value: str) -> list[str]:
+    """The values a ranked comparison (`gte "mql"`, `gt "C"`) lets through."""
+    ranks = RANKS[kind]
+    position = ranks.index(value)
+    return list(
+        {
+            "gt": ranks[position + 1 :],
+            "gte": ranks[position:],
+            "lt": ranks[:position],
+            "lte": ranks[: position + 1],
+        }[op]
+    )

@@ -2,7 +2,9 @@
 that never wait, templates that do not exist; every problem is named `nodes.<id>.<field>`.
 
     {"trigger": {"type": "event", "event": "Form Submitted", "where": [...]}
-                | {"type": "segment_entry", "segment_id": "..."} | {"type": "manual"},
+                | {"type": "segment_entry", "segment_id": "..."}
+                | {"type": "trait_change", "trait": "plan", "condition": <condition>}
+                | {"type": "manual"},
      "reentry": {"mode": "once" | "after_exit" | "every", "min_gap_hours": 24},
      "goal": <condition>,
      "start": "welcome",
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session
 from channels.models import Robot, Template, WebhookEndpoint
 from journeys.conditions import KEY_PATTERN, ConditionError, parse, parse_event_filters
 from journeys.models import STATIC, Journey, Segment
+from scoring.lifecycle import ALL_STAGES
 
 NODE_ID = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 MAX_NODES = 200
@@ -35,6 +38,7 @@ EDGES: dict[str, tuple[str, ...]] = {
     "notify_sales": ("next",),
     "update_contact": ("next",),
     "set_lifecycle_stage": ("next",),
+    "adjust_score": ("next",),
     "handoff": ("next",),
     "add_to_segment": ("next",),
     "remove_from_segment": ("next",),
@@ -48,6 +52,7 @@ EDGES: dict[str, tuple[str, ...]] = {
     "exit": (),
 }
 REENTRY_MODES = ("once", "after_exit", "every")
+MAX_POINTS = 10_000  # scoring's bound on one adjustment
 
 
 class DefinitionError(ValueError):
@@ -138,7 +143,9 @@ def _edges(node: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _check_trigger(session: Session, trigger: Any, errors: dict[str, str]) -> None:
     if not isinstance(trigger, dict):
-        errors["trigger"] = "must be an object with a type: event, segment_entry or manual"
+        errors["trigger"] = (
+            "must be an object with a type: event, segment_entry, trait_change or manual"
+        )
         return
     kind = trigger.get("type")
     if kind == "event":
@@ -156,8 +163,13 @@ def _check_trigger(session: Session, trigger: Any, errors: dict[str, str]) -> No
             return
         if session.get(Segment, segment_id) is None:
             errors["trigger.segment_id"] = f"segment {segment_id} does not exist"
+    elif kind == "trait_change":
+        if not isinstance(trigger.get("trait"), str) or not KEY_PATTERN.fullmatch(trigger["trait"]):
+            errors["trigger.trait"] = "must be a trait name (letters, digits and _-$@, 1 to 100)"
+        if trigger.get("condition") is not None:
+            _condition(trigger["condition"], "trigger.condition", errors)
     elif kind != "manual":
-        errors["trigger.type"] = "must be one of: event, segment_entry, manual"
+        errors["trigger.type"] = "must be one of: event, segment_entry, trait_change, manual"
 
 
 def _check_reentry(reentry: Any, errors: dict[str, str]) -> None:
@@ -218,8 +230,10 @@ def _check_node(session: Session, node: dict[str, Any], path: str, errors: dict[
             if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
                 errors[f"{path}.{field}"] = "must be a list of tags"
     elif kind == "set_lifecycle_stage":
-        if not isinstance(node.get("stage"), str) or not 0 < len(node["stage"]) <= 32:
-            errors[f"{path}.stage"] = "must be a stage name of 1 to 32 characters"
+        if node.get("stage") not in ALL_STAGES:
+            errors[f"{path}.stage"] = f"must be one of: {', '.join(ALL_STAGES)}"
+    elif kind == "adjust_score":
+        _check_adjustment(node, path, errors)
     elif kind == "condition":
         _condition(node.get("condition"), f"{path}.condition", errors)
     elif kind == "split":
@@ -262,6 +276,22 @@ def _check_node(session: Session, node: dict[str, Any], path: str, errors: dict[
         for edge in ("matched", "timed_out"):
             if node.get(edge) is None:
                 errors[f"{path}.{edge}"] = "is required"
+
+
+def _check_adjustment(node: dict[str, Any], path: str, errors: dict[str, str]) -> None:
+    points = node.get("points")
+    if (
+        not isinstance(points, int | float)
+        or isinstance(points, bool)
+        or not 0 < abs(points) <= MAX_POINTS
+    ):
+        errors[f"{path}.points"] = (
+            f"must be a non-zero number of points from -{MAX_POINTS} to {MAX_POINTS}"
+            " (negative subtracts)"
+        )
+    note = node.get("note")
+    if note is not None and (not isinstance(note, str) or not 3 <= len(note) <= 200):
+        errors[f"{path}.note"] = "must be a note of 3 to 200 characters"
 
 
 def _check_optional_template(

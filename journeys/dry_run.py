@@ -137,4 +137,6 @@ def _action_reason(node: dict[str, Any]) -> str:
         return f"would set traits {node.get('traits') or {}} and tags +{node.get('add_tags', [])}"
     if kind == "set_lifecycle_stage":
         return f"would set the lifecycle stage to {node['stage']}"
+    if kind == "adjust_score":
+        return f"would add {node['points']:+g} score points"
     return "would hand the contact to sales"

@@ -22,6 +22,7 @@ from core.db import bulk_insert, dialect_insert, is_postgres
 from core.models import table_of
 from journeys.conditions import Compiler, ConditionError, Node, parse, segment_ids
 from journeys.models import DYNAMIC, STATIC, Segment, SegmentChange, SegmentMember
+from scoring.engine import plenty_of_work_memory
 
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_LEFT = "segment_left"
@@ -55,8 +56,11 @@ def check_condition(session: Session, tree: Any, path: str = "condition") -> Nod
     return node
 
 
-def compiler(session: Session) -> Compiler:
-    return Compiler(clock.now(), is_postgres(session))
+def compiler(session: Session, bulk: bool = False) -> Compiler:
+    """`bulk` for queries over every contact, which also get room to hash in memory."""
+    if bulk:
+        plenty_of_work_memory(session)
+    return Compiler(clock.now(), is_postgres(session), bulk=bulk)
 
 
 def get_segment(session: Session, segment_id: uuid.UUID) -> Segment:
@@ -112,7 +116,7 @@ def delete_segment(session: Session, segment_id: uuid.UUID) -> None:
 
 def preview(session: Session, tree: Any, sample_size: int) -> tuple[int, list[Contact]]:
     """How many contacts meet a condition now, and a few of them, without storing anything."""
-    members = compiler(session).members(check_condition(session, tree)).subquery()
+    members = compiler(session, bulk=True).members(check_condition(session, tree)).subquery()
     count = session.scalar(select(func.count()).select_from(members)) or 0
     sample = session.scalars(
         select(Contact)
@@ -135,7 +139,7 @@ def refresh(
     """Brings a dynamic segment's members in line with its condition: for the given contacts,
     or for everyone (a full rebuild). Two statements, whatever the number of contacts."""
     assert segment.condition is not None
-    members = compiler(session).members(parse(segment.condition))
+    members = compiler(session, bulk=contact_ids is None).members(parse(segment.condition))
     if contact_ids is not None:
         members = members.where(Contact.id.in_(contact_ids))
     now = clock.now()

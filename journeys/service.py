@@ -15,9 +15,7 @@ from api.errors import ApiError
 from capture.models import Contact, Event
 from core import feed
 from core.clock import clock
-from core.db import is_postgres
-from journeys import engine
-from journeys.conditions import Compiler, parse_event_filters
+from journeys import engine, triggers
 from journeys.definition import DefinitionError, nodes_by_id, validate
 from journeys.dry_run import dry_run as run_dry
 from journeys.models import (
@@ -29,7 +27,7 @@ from journeys.models import (
     JourneyVersion,
     SegmentMember,
 )
-from journeys.segments import SEGMENT_ENTERED, get_segment
+from journeys.segments import get_segment
 
 FEED_CONSUMER = "journeys.triggers"
 
@@ -339,27 +337,13 @@ def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> No
     """Starts event and segment-entry triggers and wakes waiting contacts whose event came or
     whose goal may be met, in one pass per batch: triggers are looked up by event name."""
     event_ids: dict[str, list[int]] = {}
-    entered: dict[uuid.UUID, set[uuid.UUID]] = {}
     _wake_for_goals(session, {record.contact_id for record in records})
     for record in records:
         if record.kind == feed.EVENT_STORED and record.payload.get("name"):
             event_ids.setdefault(record.payload["name"], []).append(int(record.payload["event_id"]))
-        elif record.kind == SEGMENT_ENTERED:
-            entered.setdefault(uuid.UUID(record.payload["segment_id"]), set()).add(
-                record.contact_id
-            )
     if event_ids:
         _wake_waiting(session, event_ids)
-        _start_event_triggers(session, event_ids)
-    if entered:
-        triggers = session.execute(
-            select(JourneyTrigger.journey_id, JourneyTrigger.segment_id).where(
-                JourneyTrigger.kind == "segment_entry", JourneyTrigger.segment_id.in_(entered)
-            )
-        ).all()
-        for journey_id, segment_id in triggers:
-            if segment_id is not None:
-                engine.enroll(session, get_journey(session, journey_id), entered[segment_id])
+    triggers.start_journeys(session, records)
 
 
 def _wake_for_goals(session: Session, contact_ids: set[uuid.UUID]) -> None:
@@ -397,28 +381,6 @@ def _wake_waiting(session: Session, event_ids: dict[str, list[int]]) -> None:
         )
         .values(next_run_at=clock.now())
     )
-
-
-def _start_event_triggers(session: Session, event_ids: dict[str, list[int]]) -> None:
-    triggers = session.execute(
-        select(JourneyTrigger.journey_id, JourneyTrigger.event_name).where(
-            JourneyTrigger.kind == "event", JourneyTrigger.event_name.in_(list(event_ids))
-        )
-    ).all()
-    compiler = Compiler(clock.now(), is_postgres(session))
-    for journey_id, event_name in triggers:
-        journey = get_journey(session, journey_id)
-        if journey.live_version_id is None or event_name is None:
-            continue
-        version = session.get(JourneyVersion, journey.live_version_id)
-        assert version is not None
-        where = parse_event_filters(version.definition["trigger"].get("where", []), "where")
-        contacts = session.scalars(
-            select(Event.contact_id).where(
-                Event.id.in_(event_ids[event_name]), *compiler.event_filters(where)
-            )
-        )
-        engine.enroll(session, journey, set(contacts))
 
 
 def subscribe() -> None:

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 from core.tasks import enqueue_after_commit, task
 from journeys import engine, segments, service
 
-SCHEDULER_BATCH = 500
+SCHEDULER_BATCH = 2000
+# Enrollments one advance task runs together, in one transaction.
+ADVANCE_BATCH = 500
 
 
 @task("journeys.rebuild_segments", queue="default", max_retries=3)
@@ -19,15 +21,23 @@ def rebuild_segments(session: Session) -> int:
 
 @task("journeys.schedule", queue="default", max_retries=0)
 def schedule(session: Session) -> int:
-    """Claims due enrollments and hands each to an `advance` task once the claim commits."""
+    """Claims due enrollments and hands them, in batches, to `advance_batch` tasks once the
+    claim commits."""
     claimed = engine.claim_due(session, SCHEDULER_BATCH)
-    for enrollment_id in claimed:
-        enqueue_after_commit(session, advance, str(enrollment_id))
+    for start in range(0, len(claimed), ADVANCE_BATCH):
+        batch = [str(enrollment_id) for enrollment_id in claimed[start : start + ADVANCE_BATCH]]
+        enqueue_after_commit(session, advance_batch, batch)
     return len(claimed)
+
+
+@task("journeys.advance_batch", queue="default", max_retries=3)
+def advance_batch(session: Session, enrollment_ids: list[str]) -> int:
+    return engine.advance_many(session, [uuid.UUID(i) for i in enrollment_ids])
 
 
 @task("journeys.advance", queue="default", max_retries=3)
 def advance(session: Session, enrollment_id: str) -> None:
+    """One enrollment (tasks queued before batches existed still arrive here)."""
     engine.advance(session, uuid.UUID(enrollment_id))
 
 

@@ -4,6 +4,7 @@ PostgreSQL and SQLite."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from core.clock import clock
 from core.db import is_postgres, session_scope
 from journeys.conditions import Compiler, ConditionError, parse, regex_problem
 from journeys.models import Segment, SegmentMember
+from scoring.models import SETTINGS_ROW_ID, ContactScore, ScoringSettings
 from tests.conftest import Backend
 from tests.journeys.conftest import T0, make_contact, make_event
 
@@ -48,6 +50,16 @@ from tests.journeys.conftest import T0, make_contact, make_event
         ),
         ({"in_segment": "not-an-id"}, "condition.in_segment", "segment id"),
         ({"reachable": "fax"}, "condition.reachable", "email"),
+        ({"field": "score", "op": "gte", "value": "high"}, "condition.value", "number"),
+        ({"field": "score", "op": "contains", "value": "1"}, "condition.op", "unknown operator"),
+        ({"field": "grade", "op": "gte", "value": "G"}, "condition.value", "A, B"),
+        ({"field": "probability", "op": "gt", "value": 1.5}, "condition.value", "0 to 1"),
+        ({"field": "lifecycle_stage", "op": "eq", "value": "vip"}, "condition.value", "mql"),
+        (
+            {"field": "lifecycle_stage", "op": "gte", "value": "disqualified"},
+            "condition.value",
+            "subscriber, lead",
+        ),
     ],
 )
 def test_invalid_conditions_name_the_path(tree: Any, path: str, words: str) -> None:
@@ -77,9 +89,9 @@ def test_slow_or_unportable_regexes_are_refused(pattern: str, refused: bool) -> 
     assert (regex_problem(pattern) is not None) is refused
 
 
-def matching(tree: Any) -> set[uuid.UUID]:
+def matching(tree: Any, bulk: bool = False) -> set[uuid.UUID]:
     with session_scope() as session:
-        compiler = Compiler(clock.now(), is_postgres(session))
+        compiler = Compiler(clock.now(), is_postgres(session), bulk=bulk)
         return set(session.scalars(compiler.members(parse(tree))))
 
 
@@ -188,9 +200,11 @@ def test_behaviour_counts_windows_and_property_filters(backend: Backend) -> None
         ({"not_done": "Form Submitted"}, {keen, stale}),
         ({"type": "track", "at_least": 4}, set()),
         ({"type": "track", "at_least": 3}, {keen}),
+        ({"not": {"event": "Page Viewed", "at_least": 2}}, {once, stale}),
     ]
     for tree, expected in cases:
         assert matching(tree) == expected, tree
+        assert matching(tree, bulk=True) == expected, ("bulk", tree)
 
 
 def test_reachability_and_segment_membership(backend: Backend) -> None:
@@ -213,3 +227,70 @@ def test_reachability_and_segment_membership(backend: Backend) -> None:
     assert matching({"reachable": "sms"}) == {unknown}
     assert matching({"in_segment": str(segment_id)}) == {ok, unknown}
     assert matching({"not": {"in_segment": str(segment_id)}}) == {unsubscribed, suppressed}
+
+
+def test_score_grade_probability_and_stage(backend: Backend) -> None:
+    clock.freeze(T0)
+    hot = make_contact(lifecycle_stage="mql")
+    cooling = make_contact(lifecycle_stage="lead")
+    unscored = make_contact()
+    customer = make_contact(lifecycle_stage="customer")
+    disqualified = make_contact(lifecycle_stage="disqualified")
+    scores = [
+        (hot, 100.0, T0, "A", 0.8),
+        (cooling, 100.0, T0 - timedelta(days=30), "C", None),
+        (customer, 10.0, T0, "F", 0.1),
+    ]
+    with session_scope() as session:
+        session.execute(
+            insert(ContactScore),
+            [
+                {
+                    "contact_id": contact_id,
+                    "behavior_score": points,
+                    "behavior_as_of": as_of,
+                    "grade": grade,
+                    "probability": probability,
+                }
+                for contact_id, points, as_of, grade, probability in scores
+            ],
+        )
+    everyone = {hot, cooling, unscored, customer, disqualified}
+    cases: list[tuple[Any, set[uuid.UUID]]] = [
+        # Decayed on read: 100 points 30 days ago are 50 at the default 30-day half-life.
+        ({"field": "score", "op": "gte", "value": 60}, {hot}),
+        ({"field": "score", "op": "gte", "value": 40}, {hot, cooling}),
+        ({"field": "score", "op": "lt", "value": 20}, {customer, unscored, disqualified}),
+        ({"field": "score", "op": "eq", "value": 0}, {unscored, disqualified}),
+        ({"field": "score", "op": "neq", "value": 0}, {hot, cooling, customer}),
+        ({"not": {"field": "score", "op": "gte", "value": 60}}, everyone - {hot}),
+        ({"field": "grade", "op": "gte", "value": "B"}, {hot}),
+        ({"field": "grade", "op": "lte", "value": "C"}, {cooling, customer}),
+        ({"field": "grade", "op": "in", "value": ["A", "F"]}, {hot, customer}),
+        ({"field": "grade", "op": "neq", "value": "A"}, everyone - {hot}),
+        ({"field": "probability", "op": "gt", "value": 0.5}, {hot}),
+        ({"field": "probability", "op": "lte", "value": 0.5}, {customer}),
+        ({"field": "probability", "op": "exists", "value": False}, everyone - {hot, customer}),
+        ({"field": "lifecycle_stage", "op": "gte", "value": "mql"}, {hot, customer}),
+        ({"field": "lifecycle_stage", "op": "lt", "value": "mql"}, {cooling}),
+        ({"field": "lifecycle_stage", "op": "eq", "value": "disqualified"}, {disqualified}),
+        ({"field": "lifecycle_stage", "op": "exists", "value": False}, {unscored}),
+        (
+            {
+                "and": [
+                    {"field": "score", "op": "gte", "value": 40},
+                    {"field": "grade", "op": "lte", "value": "B"},
+                ]
+            },
+            {cooling},
+        ),
+    ]
+    for tree, expected in cases:
+        assert matching(tree) == expected, tree
+        assert matching(tree, bulk=True) == expected, ("bulk", tree)
+
+    with session_scope() as session:
+        session.add(ScoringSettings(id=SETTINGS_ROW_ID, half_life_days=60.0))
+    # At a 60-day half-life the cooling contact still holds 100 * 0.5 ** 0.5 = 70.7.
+    assert matching({"field": "score", "op": "gte", "value": 70}) == {hot, cooling}
+    assert matching({"field": "score", "op": "gte", "value": 71}) == {hot}

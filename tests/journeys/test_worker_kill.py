@@ -1,5 +1,6 @@
 """A real Celery worker (with its beat) killed with SIGKILL in the middle of a step, then
-restarted: every enrollment ends, and every step and message exists once."""
+restarted: every enrollment ends, and every step and message exists once. A contact that
+another transaction holds does not hold up the rest of its batch."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text, update
 
+from channels import service as channels
 from channels.models import Delivery
 from core.db import get_sessionmaker, session_scope
 from journeys import service
@@ -66,6 +68,19 @@ def wait_for(condition: Callable[[], bool], seconds: float = 90) -> None:
         time.sleep(0.2)
 
 
+def waiting_on_a_lock() -> int:
+    with session_scope() as session:
+        return (
+            session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            or 0
+        )
+
+
 def finished() -> int:
     with session_scope() as session:
         return (
@@ -102,24 +117,38 @@ def test_worker_killed_mid_step_resumes_without_sending_twice(
     with session_scope() as session:
         journey = service.create_journey(session, "Kill test", definition)
         service.publish(session, journey.id)
-        for contact in contacts:
-            service.enroll_contact(session, journey.id, contact)
+        enrollments = [service.enroll_contact(session, journey.id, c).id for c in contacts]
 
-    lock = get_sessionmaker()()
-    lock.execute(text("SELECT id FROM contacts WHERE id = :id FOR UPDATE"), {"id": blocked})
+    lock, rival = get_sessionmaker()(), get_sessionmaker()()
+    lock.execute(text("SELECT id FROM contacts WHERE id = :id FOR NO KEY UPDATE"), {"id": blocked})
+    # An open transaction holding the blocked contact's delivery key: its step, once it runs,
+    # waits inside channels' INSERT with its batch's work so far uncommitted.
+    channels.send(
+        rival,
+        contact_id=blocked,
+        channel="email",
+        template_id=uuid.UUID(template),
+        idempotency_key=f"{enrollments[0]}:mail:1",
+    )
     worker = start_worker(pg_backend, worker_dir)
     try:
-        wait_for(lambda: finished() == CONTACTS - 1)
-        # The blocked contact's step has sent its email in a transaction still open.
+        wait_for(lambda: finished() == CONTACTS - 1)  # the held contact was skipped
+        lock.rollback()
+        wait_for(lambda: waiting_on_a_lock() >= 1)  # ... and now its step is mid-way
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
     finally:
+        rival.rollback()
+        rival.close()
         lock.rollback()
         lock.close()
     with session_scope() as session:
         lost = session.scalar(select(Enrollment).where(Enrollment.contact_id == blocked))
         assert lost is not None and lost.status == "active"  # claimed, and its step lost
         assert session.scalar(select(func.count()).select_from(Delivery)) == CONTACTS - 1
+        assert session.scalar(select(func.count()).select_from(EnrollmentStep)) == 2 * (
+            CONTACTS - 1
+        )
         # The claim lease (minutes of real time) runs out at once.
         session.execute(
             update(Enrollment)

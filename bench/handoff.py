@@ -1,14 +1,21 @@
-"""Handoff benchmark on PostgreSQL and Redis: the time from the event that makes a contact an
-MQL being queued by capture to the assigned rep's WeCom notification arriving at a local fake
-robot, through ingest, the change feed (dispatched every second, as beat does), scoring,
-routing and the channels send; 100 contacts become MQLs at 10 a second, spread over 20 reps
-with a robot each. Celery tasks run in-process (eager) instead of in a worker.
+"""Handoff benchmark on PostgreSQL and Redis, with the production processes running: the time
+from the event that makes a contact an MQL being queued by capture to the assigned rep's WeCom
+notification arriving at a local fake robot. A `nurture worker` (Celery on Redis with 4
+processes, and the ingest loop) and a `nurture scheduler` (beat) run as child processes; the
+change feed is dispatched when a commit publishes to it (beat's one-second dispatch is the
+safety net).
+100 contacts become MQLs at 10 a second, spread over 20 reps with a robot each.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -16,31 +23,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+import redis
+from sqlalchemy import exists, func, select
 
-from bench.environment import bench_environment
+from bench.environment import BenchEnvironment, bench_environment
 from bench.options import Options
 from bench.results import at_most, record
-from capture.ingest import drain_queue
 from capture.models import Contact
-from capture.queue import get_queue
+from capture.queue import get_queue, reset_queue
 from capture.tracking import envelope_for_single
 from channels.models import Robot
-from core import feed
+from core import feed, settings
 from core.clock import clock
 from core.db import session_scope
 from handoff import service
 from handoff.models import Lead
 from handoff.schemas import RepCreate, RuleCreate
-from worker.app import celery_app
 
 REPS = 20
 CONTACTS = 100
 WAVE = 10
-DISPATCH_EVERY_SECONDS = 1.0
+WAVE_SECONDS = 1.0
+WORKER_PROCESSES = 4
+# The worker's broker and the capture stream, on a Redis database no other bench or test uses.
+WORKER_REDIS = os.environ.get("NURTURE_BENCH_HANDOFF_REDIS_URL", "redis://127.0.0.1:6379/11")
 LEAD_IN_LINK = re.compile(r"/handoff/leads/([0-9a-f-]{36})/dossier")
 FIT_TRAITS = {"job_title": "CTO", "industry": "制造业", "company_size": 300}
 
@@ -79,29 +89,44 @@ class FakeWeCom:
 
 
 @contextmanager
-def pipeline_running() -> Iterator[None]:
-    """Ingest draining continuously and the change feed dispatched every second."""
-    stop = threading.Event()
-
-    def ingest() -> None:
-        while not stop.is_set():
-            if drain_queue() == 0:
-                time.sleep(0.02)
-
-    def dispatch() -> None:
-        while not stop.wait(DISPATCH_EVERY_SECONDS):
-            with session_scope() as session:
-                feed.dispatch(session)
-
-    threads = [threading.Thread(target=ingest), threading.Thread(target=dispatch)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+def pipeline_running(env: BenchEnvironment) -> Iterator[None]:
+    """`nurture worker` and `nurture scheduler` on this benchmark's database and Redis."""
+    os.environ["NURTURE_REDIS_URL"] = WORKER_REDIS
+    settings.get_settings.cache_clear()
+    reset_queue()
+    broker = redis.Redis.from_url(WORKER_REDIS)
+    broker.flushdb()
+    environment = {**env.server_environment(), "NURTURE_REDIS_URL": WORKER_REDIS}
+    command = [sys.executable, "-m", "core.cli"]
+    log_path = Path(tempfile.mkstemp(prefix="nurture-bench-handoff-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        children = [
+            subprocess.Popen(
+                [*command, *arguments, "--loglevel", "warning"],
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for arguments in (["worker", "--concurrency", str(WORKER_PROCESSES)], ["scheduler"])
+        ]
+        try:
+            yield
+        finally:
+            for child in children:
+                os.killpg(child.pid, signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+            broker.flushdb()
+    errors = [line for line in log_path.read_text(errors="replace").splitlines() if "ERROR" in line]
+    if errors:
+        print(f"   {len(errors)} errors in the worker's log {log_path}, e.g. {errors[0]}")
+    else:
+        log_path.unlink()
 
 
 def queue_events(events: list[tuple[str, str, dict[str, Any]]], source_id: uuid.UUID) -> None:
@@ -163,14 +188,25 @@ def leads_of(users: list[str]) -> dict[str, uuid.UUID]:
     return {str(user): lead_id for user, lead_id in rows}
 
 
+def feed_caught_up() -> bool:
+    """Every consumer has been handed every change (and there are consumers)."""
+    with session_scope() as session:
+        cursors = session.scalar(select(func.count()).select_from(feed.FeedCursor)) or 0
+        behind = session.scalar(
+            select(
+                exists().where(
+                    feed.ChangeRecord.position.is_(None)
+                    | (feed.ChangeRecord.position > feed.FeedCursor.last_id)
+                )
+            )
+        )
+    return cursors > 0 and not behind
+
+
 def mql_to_notification(options: Options) -> None:
     robots = FakeWeCom()
-    celery_app.conf.task_always_eager = True
     try:
-        with bench_environment() as env, pipeline_running():
-            import handoff.tasks  # noqa: F401  (subscribes routing to the change feed)
-            import scoring.tasks  # noqa: F401  (subscribes scoring to the change feed)
-
+        with bench_environment() as env, pipeline_running(env):
             set_up_reps(robots)
             users = [f"bench-{n}" for n in range(CONTACTS)]
             queue_events(
@@ -181,20 +217,19 @@ def mql_to_notification(options: Options) -> None:
                 + [("track", u, {"event": "whitepaper_downloaded"}) for u in users],
                 env.source_id,
             )
-            wait_for(lambda: known_contacts(users) == CONTACTS, 60)
-            time.sleep(3 * DISPATCH_EVERY_SECONDS)  # scored, and found short of MQL
+            wait_for(lambda: known_contacts(users) == CONTACTS, 120)
+            wait_for(feed_caught_up, 120)  # scored, and found short of MQL
             assert not leads_of(users), "contacts became MQLs before the measured event"
             queued_at: dict[str, float] = {}
             for start in range(0, CONTACTS, WAVE):
                 for user in users[start : start + WAVE]:
                     queued_at[user] = time.time()
                     queue_events([("track", user, {"event": "form_submitted"})], env.source_id)
-                    time.sleep(DISPATCH_EVERY_SECONDS / WAVE)
-            wait_for(lambda: len(robots.arrived) >= CONTACTS, 60)
+                    time.sleep(WAVE_SECONDS / WAVE)
+            wait_for(lambda: len(robots.arrived) >= CONTACTS, 120)
             leads = leads_of(users)
             latencies = sorted(robots.arrived[leads[u]] - queued_at[u] for u in users)
     finally:
-        celery_app.conf.task_always_eager = False
         robots.stop()
     p99 = latencies[max(0, round(0.99 * len(latencies)) - 1)]
     record("handoff.mql_to_notification_p50_seconds", statistics.median(latencies), "s")

@@ -112,6 +112,7 @@ class RepCreate(RepFields):
     weight: int = Field(default=1, ge=1, le=100)
     on_duty: bool = True
     robot_id: uuid.UUID | None = None
+    notify_by_email: bool = False
 
     @model_validator(mode="after")
     def _hours_order(self) -> RepCreate:
@@ -135,6 +136,7 @@ class RepUpdate(RepFields):
     weight: int | None = Field(default=None, ge=1, le=100)
     on_duty: bool | None = None
     robot_id: uuid.UUID | None = None
+    notify_by_email: bool | None = None
 
 
 class RepRead(BaseModel):
@@ -155,6 +157,7 @@ class RepRead(BaseModel):
     weight: int
     on_duty: bool
     robot_id: uuid.UUID | None
+    notify_by_email: bool
 
 
 def check_condition(value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -84,9 +84,12 @@ def update_team(session: Session, team_id: uuid.UUID, body: TeamUpdate) -> Team:
     return team
 
 
-def _check_rep_links(session: Session, data: dict[str, Any]) -> None:
+def _check_rep_links(session: Session, data: dict[str, Any], rep: Rep | None = None) -> None:
     if data.get("team_id") is not None and session.get(Team, data["team_id"]) is None:
         raise invalid("team_id", f"team {data['team_id']} does not exist")
+    by_email = data.get("notify_by_email", rep.notify_by_email if rep else False)
+    if by_email and not data.get("email", rep.email if rep else None):
+        raise invalid("notify_by_email", "needs the rep's email address")
 
 
 def create_rep(session: Session, body: RepCreate) -> Rep:
@@ -103,7 +106,7 @@ def update_rep(session: Session, rep_id: uuid.UUID, body: RepUpdate) -> Rep:
     if rep is None:
         raise not_found("rep", rep_id)
     changes = body.model_dump(exclude_unset=True)
-    _check_rep_links(session, changes)
+    _check_rep_links(session, changes, rep)
     start = changes.get("work_start", rep.work_start)
     end = changes.get("work_end", rep.work_end)
     if start >= end:
@@ -139,11 +142,20 @@ def update_rule(session: Session, rule_id: uuid.UUID, body: RuleUpdate) -> Routi
 # Routing
 
 
+def lock_for_routing(session: Session, contact_id: uuid.UUID) -> None:
+    """Makes two routings of one contact happen one after the other (on PostgreSQL) with a
+    lock of handoff's own: a lock on the contact's row would also hold up ingest and scoring
+    writing to it, and deadlock with them when a batch routes many contacts."""
+    if is_postgres(session):
+        key = int.from_bytes(contact_id.bytes[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 def current_contact(session: Session, contact_id: uuid.UUID) -> Contact:
-    """The contact, followed to whoever it was merged into, locked on PostgreSQL so two
-    routings of one contact happen one after the other."""
+    """The contact, followed to whoever it was merged into, locked for routing."""
     for _ in range(MAX_MERGE_HOPS):
-        contact = session.get(Contact, contact_id, with_for_update=is_postgres(session))
+        lock_for_routing(session, contact_id)
+        contact = session.get(Contact, contact_id, populate_existing=True)
         if contact is None:
             raise invalid("contact_id", f"contact {contact_id} does not exist")
         if contact.merged_into_id is None:

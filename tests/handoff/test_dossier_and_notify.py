@@ -8,14 +8,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
+from attribution import credits
+from attribution.service import record_conversion
 from capture.models import Contact, Event, Visit
+from channels.models import Delivery
 from core.clock import clock
 from core.db import session_scope
 from handoff.service import enforce_sla
 from journeys.models import Enrollment, Journey, JourneyVersion
-from tests.channels.fakes import FakeRobots
+from tests.channels.fakes import FakeRobots, MailHandler
 from tests.handoff.conftest import (
     auth,
     key_for,
@@ -168,3 +171,100 @@ def test_rep_and_manager_are_notified_through_wecom_and_dingtalk(
     kind, body = robots.posts[1]
     assert kind == "dingtalk" and "SLA missed by Li" in body["markdown"]["text"]
     assert len(robots.posts) == 2
+
+
+def test_a_rep_who_asked_for_email_gets_each_new_lead_by_email(
+    channels_env: None,
+    smtp_server: tuple[int, MailHandler],
+    client: TestClient,
+    admin_key: str,
+    now: datetime,
+) -> None:
+    mailbox = smtp_server[1]
+    refused = client.post(
+        "/api/v1/handoff/reps",
+        json={"name": "No address", "notify_by_email": True},
+        headers=auth(admin_key),
+    )
+    assert refused.status_code == 422 and "notify_by_email" in refused.text
+    make_rule("pool", 10, "pool")
+    first = make_rep("Li Na", email="Li.Na@Acme.example", notify_by_email=True, weight=2)
+    make_rep("Quiet", email="quiet@acme.example")  # has an address, did not ask for email
+    routed = route(hot_contact())
+    assert routed.rep_id == first
+    [mail] = mailbox.messages
+    assert mail.recipients == ["li.na@acme.example"]
+    assert mail.message["Subject"] == "New lead for Li Na"
+    assert "VP of Operations at a 300-person firm in Chongqing" in mail.part("html")
+    assert f"/api/v1/handoff/leads/{routed.id}/dossier" in mail.part("plain")
+    with session_scope() as session:
+        [delivery] = session.scalars(select(Delivery).where(Delivery.to_address.is_not(None)))
+        assert (delivery.contact_id, delivery.status) == (None, "sent")
+    clock.advance(timedelta(minutes=16))
+    with session_scope() as session:
+        assert enforce_sla(session) == 1  # moved on to "Quiet", who gets no email
+    assert len(mailbox.messages) == 1
+
+
+def test_the_dossier_shows_touchpoints_and_each_channels_credit(
+    client: TestClient, admin_key: str, now: datetime
+) -> None:
+    make_rule("pool", 10, "pool")
+    make_rep("Rep")
+    contact = hot_contact()  # a paid_search visit from the spring-expo campaign, now
+    with session_scope() as session:
+        session.execute(
+            insert(Visit).values(
+                id=uuid.uuid4(),
+                contact_id=contact,
+                source_id=uuid.uuid4(),
+                started_at=now - timedelta(days=3),
+                last_event_at=now - timedelta(days=3),
+                channel="organic_search",
+                utm_source="baidu",
+            )
+        )
+        session.execute(
+            insert(Event).values(
+                source_id=uuid.uuid4(),
+                message_id=str(uuid.uuid4()),
+                contact_id=contact,
+                type="track",
+                name="email_clicked",
+                properties={"campaign": "march-newsletter"},
+                context={},
+                timestamp=now - timedelta(days=2),
+                received_at=now - timedelta(days=2),
+            )
+        )
+    routed = route(contact)
+    url = f"/api/v1/handoff/leads/{routed.id}/dossier"
+
+    came = client.get(url, headers=auth(admin_key)).json()["how_they_came"]
+    assert [(t["channel"], t["campaign"]) for t in came["touchpoints"]] == [
+        ("organic_search", None),
+        ("email", "march-newsletter"),
+        ("paid_search", "spring-expo"),
+    ]
+    before = came["attribution"]
+    assert (before["model"], before["from"], before["conversion"]) == (
+        "linear",
+        "touchpoints",
+        None,
+    )
+    assert sorted((c["channel"], c["share"]) for c in before["credit"]) == [
+        ("email", 0.3333),
+        ("organic_search", 0.3333),
+        ("paid_search", 0.3333),
+    ]
+
+    with session_scope() as session:
+        record_conversion(session, contact, "won", 90_000, now, "deal-7")
+    credits.catch_up()
+    after = client.get(url, headers=auth(admin_key)).json()["how_they_came"]["attribution"]
+    assert (after["from"], after["conversion"]["kind"]) == ("attribution", "won")
+    assert sorted((c["channel"], c["campaign"], c["credit_fen"]) for c in after["credit"]) == [
+        ("email", "march-newsletter", 30_000),
+        ("organic_search", None, 30_000),
+        ("paid_search", "spring-expo", 30_000),
+    ]

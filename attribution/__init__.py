@@ -1,7 +1,8 @@
 """Attribution: touchpoints before conversions, the attribution models, campaign costs and
-the ROI report. Other packages record conversions through `record_conversion`."""
+the ROI report. Other packages record conversions through `record_conversion` and read a
+contact's credited channels through `channel_credits_for_contact`."""
 
 from attribution.db_models import ConversionKind
-from attribution.service import record_conversion
+from attribution.service import ChannelCredit, channel_credits_for_contact, record_conversion
 
-__all__ = ["ConversionKind", "record_conversion"]
+__all__ = ["ChannelCredit", "ConversionKind", "channel_credits_for_contact", "record_conversion"]

@@ -1,38 +1,43 @@
 """Credit runs: every conversion's touchpoints credited under one model and its parameters,
-computed once and stored so that reports only add up rows.
+computed in the background (see `attribution.tasks`) and stored, so that reports only add up
+rows and never compute credits.
 
-A rule-based run is extended with the conversions it has not seen yet. Markov and Shapley learn
-from all paths together, so any new conversion makes them refit and recredit everything.
+Every model but Markov credits a conversion from its own path alone (the simplified Shapley
+value reduces to that too), so a run is extended with each conversion as it is recorded.
+Markov learns from all paths together: a refit (periodic, or when a conversion brings a kind
+or key the fit has never seen) stores each key's removal effect and rewrites the run's credits;
+conversions recorded in between are credited from the stored fit.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import delete, exists, func, insert, select
+from sqlalchemy import delete, exists, func, select, text
 from sqlalchemy.orm import Session
 
 from attribution.db_models import Conversion, ConversionKind, Credit, CreditRun, RunConversion
 from attribution.models import (
     ConversionPath,
     Model,
+    PathSet,
     Touch,
+    markov_removal_effects,
     split_value,
     touch_weights,
 )
 from attribution.touchpoints import DEFAULT_LOOKBACK, Touchpoint, load_touchpoints, within
-from core.db import dialect_insert, is_postgres
+from core.db import bulk_insert, dialect_insert, is_postgres, session_scope
 from core.models import table_of, utcnow
 
 DATA_DRIVEN = (Model.markov, Model.shapley)
-_ROWS_PER_INSERT = 5000
 
 
 class Level(StrEnum):
@@ -70,10 +75,32 @@ class RunParameters:
             parts.append(f"order={self.order}")
         return ";".join(parts)
 
+    @classmethod
+    def from_key(cls, key: str) -> RunParameters:
+        """The parameters a stored run was named by (the inverse of `key`)."""
+        model, *pairs = key.split(";")
+        values = dict(pair.split("=", 1) for pair in pairs)
+        return cls(
+            Model(model),
+            level=Level(values.get("level", Level.channel.value)),
+            lookback_days=int(values["lookback"]),
+            half_life_days=float(values.get("half_life", 7.0)),
+            order=int(values.get("order", 1)),
+        )
+
     def touch_key(self, touch: Touch) -> str:
         if self.level is Level.campaign and touch.campaign:
             return "campaign:" + touch.campaign
         return "channel:" + touch.channel
+
+
+# The runs kept up to date from the start: every model with its default parameters, the
+# data-driven ones per channel and per campaign (the report's two groupings).
+STANDARD_RUNS = tuple(
+    RunParameters(model, level)
+    for model in Model
+    for level in (Level if model in DATA_DRIVEN else (Level.channel,))
+)
 
 
 @dataclass(frozen=True)
@@ -86,17 +113,152 @@ class _Pending:
     ref: str
 
 
-def current_run(session: Session, parameters: RunParameters) -> CreditRun:
-    """The run for these parameters, brought up to date with every recorded conversion."""
-    run = _locked_run(session, parameters)
-    credited = select(func.count()).where(RunConversion.run_id == run.id)
-    # Every credited conversion still exists (deleting one deletes its rows), so equal counts
-    # mean nothing is waiting; far cheaper than looking for the missing ones on every report.
-    if session.scalar(credited) == session.scalar(select(func.count()).select_from(Conversion)):
-        return run
-    not_credited = ~exists().where(
-        RunConversion.run_id == run.id, RunConversion.conversion_id == Conversion.id
+def stored_run(session: Session, parameters: RunParameters) -> tuple[CreditRun, bool]:
+    """The run for these parameters as stored, without computing anything; created empty
+    (and True returned) when no run had these parameters yet."""
+    query = select(CreditRun).where(CreditRun.parameters == parameters.key)
+    run = session.scalars(query).one_or_none()
+    if run is not None:
+        return run, False
+    session.execute(
+        dialect_insert(session, table_of(CreditRun))
+        .values(parameters=parameters.key, model=parameters.model.value, computed_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["parameters"])
     )
+    return session.scalars(query).one(), True
+
+
+def update_run(
+    session: Session, parameters: RunParameters, conversion_ids: Collection[int] | None = None
+) -> CreditRun:
+    """Credits the recorded conversions the run has not credited yet (only those named, when
+    ids are given). Markov credits them from the run's current fit, or refits the whole run
+    when the fit has never seen their kind or one of their keys."""
+    run = _locked_run(session, parameters)
+    if conversion_ids is None:
+        # Every credited conversion still exists (deleting one deletes its rows), so equal
+        # counts mean nothing is waiting; far cheaper than looking for the missing ones.
+        credited = select(func.count()).where(RunConversion.run_id == run.id)
+        recorded = select(func.count()).select_from(Conversion)
+        if session.scalar(credited) == session.scalar(recorded):
+            return run
+    pending = _uncredited(session, run, conversion_ids)
+    if not pending:
+        return run
+    paths = _paths(session, pending, timedelta(days=parameters.lookback_days))
+    if parameters.model is Model.markov:
+        if not _fit_covers(run.fit, pending, paths, parameters):
+            return refit(session, parameters)
+        weights = _fitted_weights(run.fit, pending, paths, parameters)
+    else:
+        weights = touch_weights(
+            paths,
+            parameters.model,
+            key=parameters.touch_key,
+            half_life=timedelta(days=parameters.half_life_days),
+        )
+    _store(session, run, pending, paths, weights)
+    run.computed_at = utcnow()
+    session.flush()
+    return run
+
+
+def refit(session: Session, parameters: RunParameters) -> CreditRun:
+    """Fits a Markov run again on every path (converting or not) and rewrites all its credits
+    in one transaction, so reports keep reading the previous fit until it commits."""
+    if parameters.model is not Model.markov:
+        raise ValueError(f"{parameters.model} credits each conversion on its own; no fit")
+    run = _locked_run(session, parameters)
+    session.execute(delete(Credit).where(Credit.run_id == run.id))
+    session.execute(delete(RunConversion).where(RunConversion.run_id == run.id))
+    pending = _uncredited(session, run, None)
+    lookback = timedelta(days=parameters.lookback_days)
+    fit: dict[str, dict[str, float]] = {}
+    paths: list[ConversionPath] = []
+    if pending:
+        touchpoints = load_touchpoints(
+            session,
+            min(conversion.occurred_at for conversion in pending) - lookback,
+            max(conversion.occurred_at for conversion in pending),
+        )
+        paths = _paths(session, pending, lookback, touchpoints)
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for index, conversion in enumerate(pending):
+            by_kind[conversion.kind].append(index)
+        for kind, indexes in by_kind.items():
+            converters = {pending[i].contact_id for i in indexes}
+            non_converting = [
+                within(touches, touches[-1].at, lookback)
+                for contact_id, touches in touchpoints.items()
+                if contact_id not in converters and touches
+            ]
+            sequences = [[parameters.touch_key(t) for t in paths[i].touches] for i in indexes]
+            sequences += [[parameters.touch_key(t) for t in touches] for touches in non_converting]
+            converted = [True] * len(indexes) + [False] * len(non_converting)
+            path_set = PathSet.from_sequences(sequences, converted)
+            effects = markov_removal_effects(path_set, parameters.order)
+            fit[kind] = dict(zip(path_set.names, effects.tolist(), strict=True))
+        _store(session, run, pending, paths, _fitted_weights(fit, pending, paths, parameters))
+    now = utcnow()
+    run.fit = fit
+    run.fit_version += 1
+    run.fitted_at = now
+    run.fitted_conversions = len(pending)
+    run.computed_at = now
+    session.flush()
+    return run
+
+
+def credit_conversions(session: Session, conversion_ids: Collection[int]) -> None:
+    """Credits newly recorded conversions in every stored run (standard runs made first)."""
+    for parameters in _all_runs(session):
+        update_run(session, parameters, conversion_ids)
+
+
+def catch_up() -> None:
+    """Brings every run up to date (new runs filled, conversions whose task was lost credited),
+    one transaction per run so that each is readable as soon as it is done."""
+    for parameters in _each_run():
+        with session_scope() as session:
+            update_run(session, parameters)
+    _analyse()
+
+
+def refit_all() -> None:
+    """Refits every Markov run on all paths as they are now, one transaction per run."""
+    for parameters in _each_run():
+        if parameters.model is Model.markov:
+            with session_scope() as session:
+                refit(session, parameters)
+    _analyse()
+
+
+def _analyse() -> None:
+    """Fresh planner statistics after bulk writes, so reports keep their index plans and
+    in-memory aggregation (PostgreSQL only analyses on its own after a while)."""
+    with session_scope() as session:
+        if is_postgres(session):
+            for table in (RunConversion, Credit):
+                session.execute(text(f"ANALYZE {table_of(table).name}"))
+
+
+def _each_run() -> list[RunParameters]:
+    with session_scope() as session:
+        return _all_runs(session)
+
+
+def _all_runs(session: Session) -> list[RunParameters]:
+    """Every run's parameters, the standard ones created if missing, in id order so that
+    workers lock runs in the same order."""
+    for parameters in STANDARD_RUNS:
+        stored_run(session, parameters)
+    keys = session.scalars(select(CreditRun.parameters).order_by(CreditRun.id))
+    return [RunParameters.from_key(key) for key in keys]
+
+
+def _uncredited(
+    session: Session, run: CreditRun, conversion_ids: Collection[int] | None
+) -> list[_Pending]:
     query = select(
         Conversion.id,
         Conversion.contact_id,
@@ -104,21 +266,18 @@ def current_run(session: Session, parameters: RunParameters) -> CreditRun:
         Conversion.value_fen,
         Conversion.occurred_at,
         Conversion.external_ref,
+    ).where(
+        ~exists().where(
+            RunConversion.run_id == run.id, RunConversion.conversion_id == Conversion.id
+        )
     )
-    if parameters.model in DATA_DRIVEN:
-        session.execute(delete(Credit).where(Credit.run_id == run.id))
-        session.execute(delete(RunConversion).where(RunConversion.run_id == run.id))
-    else:
-        query = query.where(not_credited)
-    rows = session.execute(query)
-    _credit(session, run, parameters, [_Pending(*row) for row in rows])
-    run.computed_at = utcnow()
-    session.flush()
-    return run
+    if conversion_ids is not None:
+        query = query.where(Conversion.id.in_(list(conversion_ids)))
+    return [_Pending(*row) for row in session.execute(query.order_by(Conversion.id))]
 
 
 def _locked_run(session: Session, parameters: RunParameters) -> CreditRun:
-    """The run row, created if new and locked so that two requests never credit it twice
+    """The run row, created if new and locked so that two workers never credit it twice
     (SQLite's writers are serialised already)."""
     session.execute(
         dialect_insert(session, table_of(CreditRun))
@@ -128,25 +287,26 @@ def _locked_run(session: Session, parameters: RunParameters) -> CreditRun:
     query = select(CreditRun).where(CreditRun.parameters == parameters.key)
     if is_postgres(session):
         query = query.with_for_update()
-    return session.scalars(query).one()
+    return session.scalars(query.execution_options(populate_existing=True)).one()
 
 
-def _credit(
-    session: Session, run: CreditRun, parameters: RunParameters, pending: list[_Pending]
-) -> None:
-    if not pending:
-        return
-    lookback = timedelta(days=parameters.lookback_days)
-    everyone = parameters.model in DATA_DRIVEN
-    contact_ids = None if everyone else {conversion.contact_id for conversion in pending}
-    touchpoints = load_touchpoints(
-        session,
-        min(conversion.occurred_at for conversion in pending) - lookback,
-        max(conversion.occurred_at for conversion in pending),
-        contact_ids,
-    )
+def _paths(
+    session: Session,
+    pending: list[_Pending],
+    lookback: timedelta,
+    touchpoints: dict[uuid.UUID, list[Touchpoint]] | None = None,
+) -> list[ConversionPath]:
+    """Each conversion's path: its contact's touches in the lookback window before it."""
+    contact_ids = None if touchpoints is not None else {c.contact_id for c in pending}
+    if touchpoints is None:
+        touchpoints = load_touchpoints(
+            session,
+            min(conversion.occurred_at for conversion in pending) - lookback,
+            max(conversion.occurred_at for conversion in pending),
+            contact_ids,
+        )
     lead_times, opportunity_times = _milestones(session, contact_ids)
-    paths = [
+    return [
         _path(
             conversion,
             touchpoints.get(conversion.contact_id, []),
@@ -156,27 +316,38 @@ def _credit(
         )
         for conversion in pending
     ]
-    if everyone:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, conversion in enumerate(pending):
-            groups[conversion.kind].append(index)
-        for indexes in groups.values():
-            converters = {pending[i].contact_id for i in indexes}
-            non_converting = [
-                within(touches, touches[-1].at, lookback)
-                for contact_id, touches in touchpoints.items()
-                if contact_id not in converters and touches
-            ]
-            _store(
-                session,
-                run,
-                [pending[i] for i in indexes],
-                [paths[i] for i in indexes],
-                parameters,
-                non_converting,
-            )
-    else:
-        _store(session, run, pending, paths, parameters, [])
+
+
+def _fit_covers(
+    fit: dict[str, Any],
+    pending: list[_Pending],
+    paths: list[ConversionPath],
+    parameters: RunParameters,
+) -> bool:
+    """Whether the fit has an effect for every conversion's kind and every key on its path."""
+    for conversion, path in zip(pending, paths, strict=True):
+        effects = fit.get(conversion.kind)
+        if effects is None:
+            return False
+        if any(parameters.touch_key(touch) not in effects for touch in path.touches):
+            return False
+    return True
+
+
+def _fitted_weights(
+    fit: dict[str, Any],
+    pending: list[_Pending],
+    paths: list[ConversionPath],
+    parameters: RunParameters,
+) -> np.ndarray:
+    """Per touch: its key's fitted removal effect, shared by the path's touches with that key."""
+    weights: list[float] = []
+    for conversion, path in zip(pending, paths, strict=True):
+        effects = fit.get(conversion.kind, {})
+        keys = [parameters.touch_key(touch) for touch in path.touches]
+        occurrences = Counter(keys)
+        weights.extend(float(effects.get(key, 0.0)) / occurrences[key] for key in keys)
+    return np.asarray(weights, dtype=np.float64)
 
 
 def _milestones(
@@ -235,22 +406,14 @@ def _store(
     run: CreditRun,
     conversions: list[_Pending],
     paths: list[ConversionPath],
-    parameters: RunParameters,
-    non_converting: list[tuple[Touchpoint, ...]],
+    weights: np.ndarray,
 ) -> None:
-    weights = touch_weights(
-        paths,
-        parameters.model,
-        key=parameters.touch_key,
-        non_converting=non_converting,
-        half_life=timedelta(days=parameters.half_life_days),
-        order=parameters.order,
-    )
     lengths = np.asarray([len(path.touches) for path in paths], dtype=np.int64)
     values = np.asarray([path.value for path in paths], dtype=np.int64)
-    credits = split_value(values, lengths, weights)
     path_of_touch = np.repeat(np.arange(len(paths)), lengths)
     totals = np.bincount(path_of_touch, weights=weights, minlength=len(paths))
+    # A path whose keys all weigh nothing (a Markov effect of 0) credits nobody: unattributed.
+    credits = split_value(np.where(totals > 0, values, 0), lengths, weights)
     shares = weights / np.where(totals > 0, totals, 1.0)[path_of_touch]
 
     summaries: list[dict[str, Any]] = []
@@ -296,5 +459,4 @@ def _store(
             }
         )
     for table, rows in ((table_of(RunConversion), summaries), (table_of(Credit), credit_rows)):
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            session.execute(insert(table), rows[start : start + _ROWS_PER_INSERT])
+        bulk_insert(session, table, rows)

@@ -1,6 +1,9 @@
 """The ROI report: per campaign and per channel, for a date range under one model, added up
 from a stored credit run and the imported costs, reconciled to won revenue and to the costs,
-exportable as CSV, and drilled down to the touches and deals behind each figure."""
+exportable as CSV, and drilled down to the touches and deals behind each figure.
+
+A report never computes credits: conversions the background has not credited yet are shown
+in their own `(pending)` row, so the figures still add up to what was recorded."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from attribution.credits import DATA_DRIVEN, Level, RunParameters, current_run
+from attribution import tasks
+from attribution.credits import DATA_DRIVEN, Level, RunParameters, stored_run
 from attribution.db_models import (
     Campaign,
     CampaignCost,
@@ -26,12 +30,15 @@ from attribution.db_models import (
     CreditRun,
     RunConversion,
 )
+from attribution.models import Model
 from attribution.money import CURRENCIES, fen_ratio, yuan
 from core.settings import get_settings
+from core.tasks import enqueue_after_commit
 
 MAX_RANGE_DAYS = 3660
 NO_CAMPAIGN = "(no campaign)"
 UNATTRIBUTED = "(unattributed)"
+PENDING = "(pending)"
 TOTAL = "(total)"
 COUNTED = {
     ConversionKind.lead: "leads",
@@ -129,15 +136,18 @@ CSV_FIELDS = (
 
 
 def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> dict[str, Any]:
-    """The whole report: both groupings, the totals and the reconciliation."""
+    """The whole report: both groupings, the totals, the reconciliation and how fresh the
+    stored credits are."""
+    recorded = _recorded(session, days)
     tables = {}
     runs: dict[str, CreditRun] = {}
     for group in GroupBy:
         for_group = _parameters_for(parameters, group)
         if for_group.key not in runs:
-            runs[for_group.key] = current_run(session, for_group)
-        tables[group.value] = _rows(session, runs[for_group.key], days, group)
-    reconciliation = _reconciliation(session, days, tables)
+            runs[for_group.key] = _run(session, for_group)
+        tables[group.value] = _rows(session, runs[for_group.key], days, group, recorded)
+    reconciliation = _reconciliation(session, days, tables, recorded)
+    group_runs = {group.value: runs[_parameters_for(parameters, group).key] for group in GroupBy}
     return {
         "model": parameters.model.value,
         "parameters": {
@@ -149,7 +159,8 @@ def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> 
         "end": days.end.isoformat(),
         "timezone": get_settings().default_timezone,
         "currency": CURRENCIES[0],
-        "runs": {group.value: runs[_parameters_for(parameters, group).key].id for group in GroupBy},
+        "runs": {group: run.id for group, run in group_runs.items()},
+        "freshness": {group: _freshness(run, tables[group]) for group, run in group_runs.items()},
         "campaigns": [row.as_json() for row in tables[GroupBy.campaign.value]],
         "channels": [row.as_json() for row in tables[GroupBy.channel.value]],
         "totals": _total(tables[GroupBy.channel.value]).as_json(),
@@ -157,8 +168,33 @@ def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> 
     }
 
 
+def _run(session: Session, parameters: RunParameters) -> CreditRun:
+    """The stored run; a run asked for the first time is filled in the background."""
+    run, created = stored_run(session, parameters)
+    if created:
+        enqueue_after_commit(session, tasks.catch_up)
+    return run
+
+
+def _freshness(run: CreditRun, rows: list[Row]) -> dict[str, Any]:
+    pending = next(row for row in rows if row.type == PENDING)
+    return {
+        "credits_as_of": run.computed_at.isoformat(),
+        "pending_conversions": round(sum(pending.counts.values())),
+        "fit": (
+            {
+                "version": run.fit_version,
+                "fitted_at": run.fitted_at.isoformat() if run.fitted_at else None,
+                "conversions": run.fitted_conversions,
+            }
+            if run.model == Model.markov.value
+            else None
+        ),
+    }
+
+
 def report_csv(report: dict[str, Any], group: GroupBy) -> str:
-    """One grouping of a report as CSV, with the unattributed and total rows at the end."""
+    """One grouping of a report as CSV, with the unattributed, pending and total rows at the end."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -181,7 +217,9 @@ def _group_column(group: GroupBy) -> ColumnElement[Any] | InstrumentedAttribute[
     return func.coalesce(Credit.campaign, NO_CAMPAIGN)
 
 
-def _rows(session: Session, run: CreditRun, days: DateRange, group: GroupBy) -> list[Row]:
+def _rows(
+    session: Session, run: CreditRun, days: DateRange, group: GroupBy, recorded: Recorded
+) -> list[Row]:
     begin, finish = days.instants
     key = _group_column(group).label("key")
     in_range = and_(
@@ -230,7 +268,7 @@ def _rows(session: Session, run: CreditRun, days: DateRange, group: GroupBy) -> 
             rows[name].name, rows[name].channel = title, channel
 
     ordered = sorted(rows.values(), key=lambda r: (r.type != group.value, -r.revenue, r.key))
-    return [*ordered, _unattributed(session, run, days)]
+    return [*ordered, *_unattributed_and_pending(session, run, days, recorded)]
 
 
 def _costs(session: Session, days: DateRange, group: GroupBy) -> list[tuple[str, int]]:
@@ -244,12 +282,32 @@ def _costs(session: Session, days: DateRange, group: GroupBy) -> list[tuple[str,
     return [(name, int(fen)) for name, fen in session.execute(query)]
 
 
-def _unattributed(session: Session, run: CreditRun, days: DateRange) -> Row:
-    """What no touch received: conversions without touches in the window, and any fen left."""
+# Per conversion kind: how many conversions, and their value in fen.
+Recorded = dict[str, tuple[int, int]]
+
+
+def _recorded(session: Session, days: DateRange) -> Recorded:
+    """The conversions recorded in the range, as recorded (not as credited)."""
+    begin, finish = days.instants
+    rows = session.execute(
+        select(Conversion.kind, func.count(), func.coalesce(func.sum(Conversion.value_fen), 0))
+        .where(Conversion.occurred_at >= begin, Conversion.occurred_at < finish)
+        .group_by(Conversion.kind)
+    )
+    return {kind: (int(count), int(fen)) for kind, count, fen in rows}
+
+
+def _unattributed_and_pending(
+    session: Session, run: CreditRun, days: DateRange, recorded: Recorded
+) -> tuple[Row, Row]:
+    """What no touch received (conversions without touches in the window, and any fen left),
+    and what the run has not credited yet (recorded minus credited)."""
     begin, finish = days.instants
     totals = session.execute(
         select(
             RunConversion.kind,
+            func.count(),
+            func.sum(RunConversion.value_fen),
             func.sum(case((RunConversion.touches == 0, 1), else_=0)),
             func.sum(RunConversion.unattributed_fen),
         )
@@ -261,13 +319,24 @@ def _unattributed(session: Session, run: CreditRun, days: DateRange) -> Row:
         .group_by(RunConversion.kind)
     )
     remainder = Row(UNATTRIBUTED, UNATTRIBUTED)
-    for kind, untouched, unattributed in totals:
+    credited: Recorded = {}
+    for kind, count, value, untouched, unattributed in totals:
+        credited[kind] = (int(count), int(value or 0))
         remainder.counts[COUNTED[ConversionKind(kind)]] = float(untouched or 0)
-        if kind == ConversionKind.opportunity.value:
-            remainder.pipeline = int(unattributed or 0)
-        elif kind == ConversionKind.won.value:
-            remainder.revenue = int(unattributed or 0)
-    return remainder
+        _add_value(remainder, kind, int(unattributed or 0))
+    pending = Row(PENDING, PENDING)
+    for kind, (count, value) in recorded.items():
+        credited_count, credited_value = credited.get(kind, (0, 0))
+        pending.counts[COUNTED[ConversionKind(kind)]] = float(count - credited_count)
+        _add_value(pending, kind, value - credited_value)
+    return remainder, pending
+
+
+def _add_value(row: Row, kind: str, fen: int) -> None:
+    if kind == ConversionKind.opportunity.value:
+        row.pipeline += fen
+    elif kind == ConversionKind.won.value:
+        row.revenue += fen
 
 
 def _total(rows: list[Row]) -> Row:
@@ -282,19 +351,11 @@ def _total(rows: list[Row]) -> Row:
 
 
 def _reconciliation(
-    session: Session, days: DateRange, tables: dict[str, list[Row]]
+    session: Session, days: DateRange, tables: dict[str, list[Row]], recorded: Recorded
 ) -> dict[str, Any]:
     """Every grouping checked against the conversions and costs as recorded, not as credited."""
-    begin, finish = days.instants
-    recorded = dict(
-        session.execute(
-            select(Conversion.kind, func.sum(Conversion.value_fen))
-            .where(Conversion.occurred_at >= begin, Conversion.occurred_at < finish)
-            .group_by(Conversion.kind)
-        ).all()
-    )
-    won = int(recorded.get(ConversionKind.won.value) or 0)
-    pipeline = int(recorded.get(ConversionKind.opportunity.value) or 0)
+    won = recorded.get(ConversionKind.won.value, (0, 0))[1]
+    pipeline = recorded.get(ConversionKind.opportunity.value, (0, 0))[1]
     imported = int(
         session.scalar(
             select(func.coalesce(func.sum(CampaignCost.amount_fen), 0)).where(
@@ -309,14 +370,16 @@ def _reconciliation(
         "imported_costs": yuan(imported),
     }
     for group, rows in tables.items():
-        attributed = sum(row.revenue for row in rows if row.type != UNATTRIBUTED)
+        attributed = sum(row.revenue for row in rows if row.type not in (UNATTRIBUTED, PENDING))
         unattributed = sum(row.revenue for row in rows if row.type == UNATTRIBUTED)
+        pending = sum(row.revenue for row in rows if row.type == PENDING)
         reported_pipeline = sum(row.pipeline for row in rows)
         reported_costs = sum(row.cost for row in rows)
         result[f"{group}s"] = {
             "attributed_revenue": yuan(attributed),
             "unattributed_revenue": yuan(unattributed),
-            "revenue_reconciles": attributed + unattributed == won,
+            "pending_revenue": yuan(pending),
+            "revenue_reconciles": attributed + unattributed + pending == won,
             "pipeline_reconciles": reported_pipeline == pipeline,
             "reported_costs": yuan(reported_costs),
             "costs_reconcile": reported_costs == imported,
@@ -338,26 +401,41 @@ def drill_down(
 ) -> dict[str, Any]:
     """The conversions (deals) behind one row's figures, each with its whole path and the
     credit this row took from it, and the cost lines behind the row's cost."""
-    run = current_run(session, _parameters_for(parameters, target.group))
+    run = _run(session, _parameters_for(parameters, target.group))
     begin, finish = days.instants
-    conversions = select(RunConversion.conversion_id).where(
-        RunConversion.run_id == run.id,
-        RunConversion.converted_at >= begin,
-        RunConversion.converted_at < finish,
-    )
-    if target.kind is not None:
-        conversions = conversions.where(RunConversion.kind == target.kind.value)
-    if target.key == UNATTRIBUTED:
-        conversions = conversions.where(RunConversion.unattributed_fen > 0)
-    else:
-        matching = select(Credit.conversion_id).where(
-            Credit.run_id == run.id, _group_column(target.group) == target.key
+    if target.key == PENDING:
+        conversions = select(Conversion.id.label("id"), Conversion.occurred_at.label("at")).where(
+            Conversion.occurred_at >= begin,
+            Conversion.occurred_at < finish,
+            ~exists().where(
+                RunConversion.run_id == run.id, RunConversion.conversion_id == Conversion.id
+            ),
         )
-        conversions = conversions.where(RunConversion.conversion_id.in_(matching))
-    total = session.scalar(select(func.count()).select_from(conversions.subquery())) or 0
+        if target.kind is not None:
+            conversions = conversions.where(Conversion.kind == target.kind.value)
+    else:
+        conversions = select(
+            RunConversion.conversion_id.label("id"), RunConversion.converted_at.label("at")
+        ).where(
+            RunConversion.run_id == run.id,
+            RunConversion.converted_at >= begin,
+            RunConversion.converted_at < finish,
+        )
+        if target.kind is not None:
+            conversions = conversions.where(RunConversion.kind == target.kind.value)
+        if target.key == UNATTRIBUTED:
+            conversions = conversions.where(RunConversion.unattributed_fen > 0)
+        else:
+            matching = select(Credit.conversion_id).where(
+                Credit.run_id == run.id, _group_column(target.group) == target.key
+            )
+            conversions = conversions.where(RunConversion.conversion_id.in_(matching))
+    listed = conversions.subquery()
+    total = session.scalar(select(func.count()).select_from(listed)) or 0
     page = list(
         session.scalars(
-            conversions.order_by(RunConversion.converted_at, RunConversion.conversion_id)
+            select(listed.c.id)
+            .order_by(listed.c.at, listed.c.id)
             .limit(target.limit)
             .offset(target.offset)
         )
@@ -381,7 +459,9 @@ def drill_down(
         .order_by(Credit.conversion_id, Credit.position)
     )
     for credit in credit_rows:
-        in_row = target.key != UNATTRIBUTED and _key_of(credit, target.group) == target.key
+        in_row = target.key not in (UNATTRIBUTED, PENDING) and (
+            _key_of(credit, target.group) == target.key
+        )
         if in_row:
             credited[credit.conversion_id] += credit.credit_fen
         touches[credit.conversion_id].append(
@@ -399,7 +479,13 @@ def drill_down(
         )
     items = []
     for conversion_id in page:
-        deal, summary = deals[conversion_id], summaries[conversion_id]
+        deal = deals[conversion_id]
+        if target.key == PENDING:
+            row_fen = deal.value_fen
+        elif target.key == UNATTRIBUTED:
+            row_fen = summaries[conversion_id].unattributed_fen
+        else:
+            row_fen = credited[conversion_id]
         items.append(
             {
                 "conversion_id": conversion_id,
@@ -408,11 +494,7 @@ def drill_down(
                 "ref": deal.external_ref,
                 "occurred_at": deal.occurred_at.isoformat(),
                 "value": yuan(deal.value_fen),
-                "credited_to_row": yuan(
-                    summary.unattributed_fen
-                    if target.key == UNATTRIBUTED
-                    else credited[conversion_id]
-                ),
+                "credited_to_row": yuan(row_fen),
                 "touches": touches[conversion_id],
             }
         )
@@ -434,7 +516,7 @@ def _key_of(credit: Credit, group: GroupBy) -> str:
 
 
 def _cost_lines(session: Session, days: DateRange, target: DrillDown) -> list[dict[str, Any]]:
-    if target.key in (UNATTRIBUTED, NO_CAMPAIGN):
+    if target.key in (UNATTRIBUTED, PENDING, NO_CAMPAIGN):
         return []
     column = Campaign.key if target.group is GroupBy.campaign else CampaignCost.channel
     query = (

@@ -55,8 +55,11 @@ def get_report(
 ) -> dict[str, Any]:
     """ROI per campaign and per channel for the days from `start` to `end` (inclusive, in the
     service's time zone) under one model. Money in yuan as exact decimal strings. The
-    `(unattributed)` row holds what no touch in the lookback window earned, so attributed plus
-    unattributed revenue is the won revenue; `reconciliation` checks it, and the costs."""
+    `(unattributed)` row holds what no touch in the lookback window earned and the `(pending)`
+    row the conversions not credited yet by the background, so attributed plus unattributed
+    plus pending revenue is the won revenue; `reconciliation` checks it, and the costs.
+    Credits are read as stored, never computed here; `freshness` says as of when (and, for
+    Markov, which fit)."""
     return roi_report(session, days, parameters)
 
 
@@ -68,7 +71,8 @@ def get_report_csv(
     parameters: Parameters,
     by: GroupBy = GroupBy.campaign,
 ) -> Response:
-    """The same report as CSV, one grouping (`by`), ending with the unattributed and total rows."""
+    """The same report as CSV, one grouping (`by`), ending with the unattributed, pending and
+    total rows."""
     body = report_csv(roi_report(session, days, parameters), by)
     filename = f"roi-{by.value}-{parameters.model.value}-{days.start}-{days.end}.csv"
     return Response(

@@ -1,17 +1,22 @@
 """Recording conversions: the one entry point handoff (opportunities, won deals) and scoring
-(leads, MQLs) call. Recording the same conversion again changes nothing."""
+(leads, MQLs) call. Recording the same conversion again changes nothing. A new conversion is
+credited in the background once the transaction commits."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from attribution.db_models import Conversion, ConversionKind
+from attribution import tasks
+from attribution.credits import STANDARD_RUNS, Level
+from attribution.db_models import Conversion, ConversionKind, Credit, CreditRun
 from core.db import dialect_insert
 from core.models import table_of, utcnow
+from core.tasks import enqueue_after_commit
 
 
 def record_conversion(
@@ -30,7 +35,7 @@ def record_conversion(
         raise ValueError("value_fen must be a whole, non-negative number of fen")
     if occurred_at.tzinfo is None:
         raise ValueError("occurred_at must be timezone-aware")
-    session.execute(
+    inserted = session.execute(
         dialect_insert(session, table_of(Conversion))
         .values(
             contact_id=contact_id,
@@ -41,7 +46,10 @@ def record_conversion(
             recorded_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["contact_id", "kind", "external_ref"])
-    )
+        .returning(table_of(Conversion).c.id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        enqueue_after_commit(session, tasks.credit_conversions, [inserted])
     return session.scalars(
         select(Conversion).where(
             Conversion.contact_id == contact_id,
@@ -49,3 +57,63 @@ def record_conversion(
             Conversion.external_ref == ref,
         )
     ).one()
+
+
+@dataclass(frozen=True)
+class ChannelCredit:
+    """What one channel (and campaign) earned from one contact's conversions, per model, as
+    stored by the background: fen of their opportunities' pipeline and of their won revenue,
+    and how many of the contact's touches on it led to a credited conversion."""
+
+    channel: str
+    campaign: str | None
+    touches: int
+    pipeline_fen: dict[str, int]
+    revenue_fen: dict[str, int]
+
+
+def channel_credits_for_contact(session: Session, contact_id: uuid.UUID) -> list[ChannelCredit]:
+    """The contact's credited channels and campaigns under every model (default parameters,
+    Markov and Shapley keyed by channel), most revenue and pipeline first. Conversions the
+    background has not credited yet are not in it."""
+    models = {
+        parameters.key: parameters.model.value
+        for parameters in STANDARD_RUNS
+        if parameters.level is Level.channel
+    }
+    rows = session.execute(
+        select(
+            CreditRun.parameters,
+            Credit.channel,
+            Credit.campaign,
+            Credit.kind,
+            func.sum(Credit.credit_fen),
+            func.count(func.distinct(Credit.touch_ref)),
+        )
+        .join(CreditRun, CreditRun.id == Credit.run_id)
+        .join(Conversion, Conversion.id == Credit.conversion_id)
+        .where(Conversion.contact_id == contact_id, CreditRun.parameters.in_(models))
+        .group_by(CreditRun.parameters, Credit.channel, Credit.campaign, Credit.kind)
+    )
+    found: dict[tuple[str, str | None], ChannelCredit] = {}
+    for parameters, channel, campaign, kind, fen, touches in rows:
+        entry = found.setdefault(
+            (channel, campaign),
+            ChannelCredit(
+                channel,
+                campaign,
+                0,
+                dict.fromkeys(models.values(), 0),
+                dict.fromkeys(models.values(), 0),
+            ),
+        )
+        if kind == ConversionKind.opportunity.value:
+            entry.pipeline_fen[models[parameters]] += int(fen or 0)
+        elif kind == ConversionKind.won.value:
+            entry.revenue_fen[models[parameters]] += int(fen or 0)
+        if touches > entry.touches:
+            found[(channel, campaign)] = replace(entry, touches=int(touches))
+    return sorted(
+        found.values(),
+        key=lambda c: (-max(c.revenue_fen.values()), -max(c.pipeline_fen.values()), c.channel),
+    )

@@ -2,7 +2,10 @@
 and SMS clicks that capture and channels recorded, read per contact, oldest first.
 
 A click on one of our messages opens a session on the site; the click is the touch and the
-session it opened (same channel, within 30 minutes) is not counted a second time.
+session it opened (same channel, within 30 minutes) is not counted a second time. A landing
+with utm_medium=sms is a session on the sms channel (capture's channel rules), so an SMS
+touch counts whether or not the click itself was recorded. Clicks channels flagged as made by
+a machine (link scanners) are no touch.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ def load_touchpoints(
                 Touchpoint(channel, campaign, started_at, "visit", str(visit_id))
             )
         for event_id, contact_id, at, name, properties in session.execute(click_query):
+            if (properties or {}).get("machine") is True:
+                continue
             channel = CLICK_EVENTS[name]
             clicks[contact_id].append(
                 Touchpoint(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from attribution.credits import credit_conversions
 from attribution.db_models import CreditRun
 from attribution.models import Model
 from attribution.service import record_conversion
@@ -43,7 +45,17 @@ COSTS = (
 
 
 @pytest.fixture
-def finance(client: TestClient) -> dict[str, str]:
+def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tasks run as they are enqueued (after commit), as a worker would run them."""
+    from worker.app import celery_app
+
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
+    monkeypatch.setitem(celery_app.conf, "task_eager_propagates", True)
+    yield
+
+
+@pytest.fixture
+def finance(client: TestClient, worker: None) -> dict[str, str]:
     clock.freeze(datetime(2026, 4, 1, tzinfo=UTC))
     headers = {"Authorization": f"Bearer {make_key(Role.finance)}"}
     with session_scope() as session:
@@ -80,7 +92,14 @@ def by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_linear_report_per_campaign(client: TestClient, finance: dict[str, str]) -> None:
     body = report(client, finance, model="linear")
     rows = by_key(body["campaigns"])
-    assert list(rows) == ["newsletter", "spring", "brand", "(no campaign)", "(unattributed)"]
+    assert list(rows) == [
+        "newsletter",
+        "spring",
+        "brand",
+        "(no campaign)",
+        "(unattributed)",
+        "(pending)",
+    ]
     spring = rows["spring"]
     assert spring["name"] == "spring" and spring["channel"] == "paid_search"
     assert spring["cost"] == "300.00"
@@ -116,6 +135,7 @@ def test_linear_report_per_channel(client: TestClient, finance: dict[str, str]) 
         "organic_social": ("0.00", "500.00"),
         "display": ("80.00", "0.00"),
         "(unattributed)": ("0.00", "300.00"),
+        "(pending)": ("0.00", "0.00"),
     }
 
 
@@ -143,21 +163,48 @@ def test_every_model_reconciles_to_won_revenue_and_costs(
         assert revenue == 1800_00
 
 
-def test_the_report_reads_stored_credits_until_a_conversion_arrives(
-    client: TestClient, finance: dict[str, str]
+def test_a_conversion_not_credited_yet_is_pending_and_still_reconciles(
+    client: TestClient, finance: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = report(client, finance, model="markov")["runs"]
+    from worker.app import celery_app
+
+    before = report(client, finance, model="markov")
+    fit = before["freshness"]["channel"]["fit"]
+    assert fit["version"] >= 1 and before["freshness"]["channel"]["pending_conversions"] == 0
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
     with session_scope() as session:
-        computed = {run.id: run.computed_at for run in session.scalars(select(CreditRun))}
-    assert report(client, finance, model="markov")["runs"] == runs
-    with session_scope() as session:
-        assert {run.id: run.computed_at for run in session.scalars(select(CreditRun))} == computed
         late = contact(session)
         visit(session, late, day(3), "referral")
-        record_conversion(session, late, "won", 200_00, day(10), "d4")
+        late_deal = record_conversion(session, late, "won", 200_00, day(10), "d4")
+    # The task is queued, not run: the report computes nothing and shows the deal as pending.
+    with session_scope() as session:
+        computed = {run.id: run.computed_at for run in session.scalars(select(CreditRun))}
+    for model in Model:
+        body = report(client, finance, model=model.value)
+        for group in ("campaigns", "channels"):
+            check = body["reconciliation"][group]
+            assert check["pending_revenue"] == "200.00"
+            assert check["revenue_reconciles"] and check["pipeline_reconciles"]
+            pending = by_key(body[group])["(pending)"]
+            assert (pending["revenue"], pending["customers"]) == ("200.00", 1)
+        assert body["reconciliation"]["won_revenue"] == "2000.00"
+        assert body["freshness"]["channel"]["pending_conversions"] == 1
+    with session_scope() as session:
+        assert {run.id: run.computed_at for run in session.scalars(select(CreditRun))} == computed
+    params = {**RANGE, "model": "linear", "by": "channel", "key": "(pending)"}
+    drill = client.get("/api/v1/attribution/drilldown", params=params, headers=finance).json()
+    assert [(d["conversion_id"], d["credited_to_row"]) for d in drill["conversions"]] == [
+        (late_deal.id, "200.00")
+    ]
+
+    with session_scope() as session:
+        credit_conversions(session, [late_deal.id])
     body = report(client, finance, model="markov")
-    assert body["reconciliation"]["won_revenue"] == "2000.00"
     assert by_key(body["channels"])["referral"]["revenue"] == "200.00"
+    assert by_key(body["channels"])["(pending)"]["revenue"] == "0.00"
+    assert body["reconciliation"]["channels"]["revenue_reconciles"]
+    # referral was new to the fit, so crediting the deal refitted the Markov run.
+    assert body["freshness"]["channel"]["fit"]["version"] == fit["version"] + 1
 
 
 def test_csv_export(client: TestClient, finance: dict[str, str]) -> None:
@@ -176,6 +223,7 @@ def test_csv_export(client: TestClient, finance: dict[str, str]) -> None:
         "paid_search",
         "display",
         "(unattributed)",
+        "(pending)",
         "(total)",
     ]
     assert rows[-1]["revenue"] == "1800.00" and rows[-1]["cost"] == "430.00"
@@ -212,7 +260,7 @@ def test_a_range_without_data_gives_an_empty_report(
     client: TestClient, finance: dict[str, str]
 ) -> None:
     body = report(client, finance, start="2025-01-01", end="2025-01-31", model="shapley")
-    assert [row["key"] for row in body["campaigns"]] == ["(unattributed)"]
+    assert [row["key"] for row in body["campaigns"]] == ["(unattributed)", "(pending)"]
     assert body["totals"]["revenue"] == "0.00" and body["totals"]["cost"] == "0.00"
     assert body["reconciliation"]["channels"]["revenue_reconciles"]
 

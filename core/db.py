@@ -264,3 +264,9 @@ def copy_rows(
     with cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def plenty_of_work_memory(session: Session) -> None:
+    """Lets PostgreSQL hash a whole-population aggregate in memory instead of on disk."""
+    if is_postgres(session):
+        session.execute(text("SET LOCAL work_mem = '256MB'"))

@@ -18,11 +18,10 @@ from capture.identity import normalize_email, normalize_phone
 from capture.models import Contact
 from core import feed
 from core.clock import clock
-from core.db import bulk_insert, dialect_insert, is_postgres
+from core.db import bulk_insert, dialect_insert, is_postgres, plenty_of_work_memory
 from core.models import table_of
 from journeys.conditions import Compiler, ConditionError, Node, parse, segment_ids
 from journeys.models import DYNAMIC, STATIC, Segment, SegmentChange, SegmentMember
-from scoring.engine import plenty_of_work_memory
 
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_LEFT = "segment_left"

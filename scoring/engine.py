@@ -38,14 +38,13 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from capture.models import Company, Contact, Event
-from core.db import dialect_insert, is_postgres
+from core.db import dialect_insert, plenty_of_work_memory
 from core.models import UTCDateTime, table_of
 from core.settings import get_settings
 from scoring.models import ContactScore, ScoreEntry, ScoringRule, ScoringSettings
@@ -178,12 +177,6 @@ def decayed_points(at: datetime, half_life_days: float) -> ColumnElement[float]:
         (ScoreEntry.cause == DECAY, literal(0.0, Float())),
         else_=effective_points() * decay_factor(ScoreEntry.occurred_at, at, half_life_days),
     )
-
-
-def plenty_of_work_memory(session: Session) -> None:
-    """Lets PostgreSQL hash a whole-population aggregate in memory instead of on disk."""
-    if is_postgres(session):
-        session.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
 def reprice(

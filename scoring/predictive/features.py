@@ -20,9 +20,9 @@ from sqlalchemy import Select, and_, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from capture.enrichment import CHANNELS
 from capture.models import Company, Contact, Event, Visit
-from core.db import is_postgres
-from scoring.engine import plenty_of_work_memory
+from core.db import is_postgres, plenty_of_work_memory
 from scoring.rules import FREE_EMAIL_DOMAINS
 from scoring.sql import decay_factor, epoch_seconds
 
@@ -73,15 +73,8 @@ COUNTS = (
     Count("bounces", ALL, _track("email_bounced"), "{n} emails to them bounced"),
 )
 # Capture's channels a contact's visits may come from: each is a touched-or-not feature.
-VISIT_CHANNELS = (
-    "paid_search",
-    "organic_search",
-    "paid_social",
-    "organic_social",
-    "email",
-    "sms",
-    "referral",
-    "direct",
+VISIT_CHANNELS = tuple(
+    channel for channel in CHANNELS if channel not in ("display", "affiliate", "other")
 )
 NUMERIC = (
     *[c.name for c in COUNTS],

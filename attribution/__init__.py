@@ -1,8 +1,20 @@
 """Attribution: touchpoints before conversions, the attribution models, campaign costs and
-the ROI report. Other packages record conversions through `record_conversion` and read a
+the ROI report. Other packages record conversions through `record_conversion` (deals) and
+`record_milestones` (leads and MQLs, from lifecycle transitions) and read a
 contact's credited channels through `channel_credits_for_contact`."""
 
 from attribution.db_models import ConversionKind
-from attribution.service import ChannelCredit, channel_credits_for_contact, record_conversion
+from attribution.service import (
+    ChannelCredit,
+    channel_credits_for_contact,
+    record_conversion,
+    record_milestones,
+)
 
-__all__ = ["ChannelCredit", "ConversionKind", "channel_credits_for_contact", "record_conversion"]
+__all__ = [
+    "ChannelCredit",
+    "ConversionKind",
+    "channel_credits_for_contact",
+    "record_conversion",
+    "record_milestones",
+]

@@ -8,15 +8,20 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, literal, select
 from sqlalchemy.orm import Session
 
 from attribution import tasks
 from attribution.credits import STANDARD_RUNS, Level
 from attribution.db_models import Conversion, ConversionKind, Credit, CreditRun
 from core.db import dialect_insert
-from core.models import table_of, utcnow
+from core.models import UTCDateTime, table_of, utcnow
 from core.tasks import enqueue_after_commit
+
+MILESTONES = (ConversionKind.lead.value, ConversionKind.mql.value)
+# Above this many new conversions in one go (a bulk rescore), the catch-up beat credits them
+# rather than one task carrying every id.
+MOST_IDS_PER_TASK = 5000
 
 
 def record_conversion(
@@ -57,6 +62,36 @@ def record_conversion(
             Conversion.external_ref == ref,
         )
     ).one()
+
+
+def record_milestones(session: Session, reached: Select[tuple[uuid.UUID, str, datetime]]) -> int:
+    """Records a `lead` or `mql` conversion (worth nothing; reports count them) for each row of
+    `reached`, a SELECT of (contact_id, stage, occurred_at) such as lifecycle transitions; rows
+    for other stages are ignored, and a contact becomes a lead or an MQL once. Runs as one
+    INSERT … SELECT, so a bulk rescore records its milestones without loading them. Returns how
+    many conversions were new."""
+    rows = reached.subquery()
+    contact_id, stage, occurred_at = rows.c
+    now = utcnow()
+    new_ids = session.scalars(
+        dialect_insert(session, table_of(Conversion))
+        .from_select(
+            ["contact_id", "kind", "value_fen", "occurred_at", "external_ref", "recorded_at"],
+            select(
+                contact_id,
+                stage,
+                literal(0),
+                occurred_at,
+                literal(""),
+                literal(now, UTCDateTime()),
+            ).where(stage.in_(MILESTONES)),
+        )
+        .on_conflict_do_nothing(index_elements=["contact_id", "kind", "external_ref"])
+        .returning(table_of(Conversion).c.id)
+    ).all()
+    if 0 < len(new_ids) <= MOST_IDS_PER_TASK:
+        enqueue_after_commit(session, tasks.credit_conversions, list(new_ids))
+    return len(new_ids)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from attribution import record_milestones
 from capture.models import Contact, Event
 from core.db import is_postgres
 from core.models import UTCDateTime, table_of
@@ -120,7 +121,26 @@ def advance(
         ).all()
         for transition, row in zip(transitions, rows, strict=True):
             transition["id"] = row.id
+        _record_milestones(session, now, rows[0].id, rows[-1].id)
     return transitions
+
+
+def _record_milestones(
+    session: Session, now: datetime, first_id: int, last_id: int | None = None
+) -> None:
+    """Tells attribution which of the transitions just recorded (ids from `first_id`, all of
+    them recorded at `now`) made a contact a lead or an MQL: those are conversions."""
+    ids = LifecycleTransition.id >= first_id
+    if last_id is not None:
+        ids = ids & (LifecycleTransition.id <= last_id)
+    record_milestones(
+        session,
+        select(
+            LifecycleTransition.contact_id,
+            LifecycleTransition.to_stage,
+            LifecycleTransition.occurred_at,
+        ).where(ids, LifecycleTransition.recorded_at == now),
+    )
 
 
 def _transition(
@@ -170,7 +190,9 @@ def reconcile_all(session: Session, now: datetime) -> None:
         )
     )
     columns = ["contact_id", "from_stage", "to_stage", "cause", "reason", "occurred_at"]
+    before = session.scalar(select(func.max(LifecycleTransition.id))) or 0
     session.execute(insert(LifecycleTransition).from_select([*columns, "recorded_at"], unrecorded))
+    _record_milestones(session, now, before + 1)
 
 
 def moves_for_events(session: Session, event_ids: Sequence[int] | None) -> list[Move]:
@@ -249,6 +271,7 @@ def set_stage(
     contact.updated_at = now
     session.add(transition)
     session.flush()
+    _record_milestones(session, now, transition.id, transition.id)
     return transition
 
 

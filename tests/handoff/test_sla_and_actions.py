@@ -122,7 +122,11 @@ def test_accept_attempt_opportunity_and_won(client: TestClient, now: datetime) -
     assert stage == "customer"
     assert moves[-3:] == ["sql", "opportunity", "customer"]
     ref = f"lead:{routed.id}"
-    assert sorted(conversions) == [("opportunity", 5_000_000, ref), ("won", 4_800_000, ref)]
+    assert sorted(conversions) == [
+        ("mql", 0, ""),  # the contact became an MQL on its way to sales
+        ("opportunity", 5_000_000, ref),
+        ("won", 4_800_000, ref),
+    ]
     assert activities(routed.id) == ["accepted", "attempt", "opportunity", "won"]
 
 

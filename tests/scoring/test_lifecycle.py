@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from attribution.db_models import Conversion
 from capture.models import Contact, Event
 from core.clock import clock
 from core.db import session_scope
@@ -187,3 +188,46 @@ def test_the_daily_decay_pass_writes_decay_down_and_reports_cooled_mqls(backend:
         assert (
             len(session.scalars(select(Event).where(Event.name == "cooled_below_mql")).all()) == 1
         )
+
+
+def milestones(contact_id: uuid.UUID) -> list[tuple[str, object, int]]:
+    with session_scope() as session:
+        return [
+            (row.kind, row.occurred_at, row.value_fen)
+            for row in session.scalars(
+                select(Conversion)
+                .where(Conversion.contact_id == contact_id)
+                .order_by(Conversion.occurred_at, Conversion.id)
+            )
+        ]
+
+
+def test_becoming_a_lead_and_an_mql_are_conversions_for_attribution(backend: object) -> None:
+    hot = make_contact(**GOOD_FIT)  # type: ignore[arg-type]
+    page(hot, T0 - timedelta(hours=1), "/pricing")
+    add_event(hot, T0 - timedelta(minutes=5), "form_submitted")
+    process_feed()
+    assert stage(hot) == "mql"
+    # The lead at the form's time, the MQL when the score crossed the threshold (now).
+    assert milestones(hot) == [("lead", T0 - timedelta(minutes=5), 0), ("mql", T0, 0)]
+
+    add_event(hot, T0 + timedelta(days=1), "whitepaper_downloaded")
+    process_feed()
+    with session_scope() as session:
+        scorer.rescore_all(session)
+    assert len(milestones(hot)) == 2  # once per contact, however often scoring runs
+
+
+def test_a_manual_move_to_mql_and_a_stage_set_at_capture_are_milestones_too(
+    backend: object,
+) -> None:
+    manual = make_contact(email="wang@corp.cn", stage="subscriber")
+    imported = make_contact(email="liu@corp.cn", stage="lead")
+    process_feed()
+    with session_scope() as session:
+        contact = session.get(Contact, manual)
+        assert contact is not None
+        lifecycle.set_stage(session, contact, "mql", "met at a trade fair", T0, None)
+        scorer.rescore_all(session)  # records the imported contact's stage (reconcile_all)
+    assert milestones(manual) == [("mql", T0, 0)]
+    assert milestones(imported) == [("lead", T0, 0)]

@@ -1,0 +1,64 @@
+"""Leads and MQLs as conversions: scoring's lifecycle transitions reach the ROI report, credited
+to the campaigns that brought the contact, and counted once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from core.clock import clock
+from core.db import session_scope
+from core.keys import Role
+from scoring import scorer
+from tests.attribution.helpers import day, visit
+from tests.attribution.test_report import by_key, worker  # noqa: F401 (fixture)
+from tests.conftest import make_key
+from tests.scoring.conftest import add_event, make_contact, page, process_feed
+
+RANGE = {"start": "2026-03-01", "end": "2026-03-11", "model": "linear"}
+GOOD_FIT = {
+    "traits": {"title": "CTO"},
+    "email": "li.wei@yunqi.com.cn",
+    "company": {"industry": "制造业", "employees": 500, "province": "上海"},
+}
+
+
+def campaigns(client: TestClient, headers: dict[str, str]) -> dict[str, dict[str, Any]]:
+    response = client.get("/api/v1/attribution/report", params=RANGE, headers=headers)
+    assert response.status_code == 200, response.text
+    return by_key(response.json()["campaigns"])
+
+
+def test_leads_and_mqls_from_scoring_are_counted_per_campaign(
+    client: TestClient,
+    worker: None,  # noqa: F811
+) -> None:
+    scorer.subscribe()
+    clock.freeze(day(1))
+    hot = make_contact(**GOOD_FIT)  # type: ignore[arg-type]
+    lukewarm = make_contact(email="a@163.com", traits={"title": "实习生"})
+    with session_scope() as session:
+        scorer.scoring_settings(session)
+        visit(session, hot, day(0), "paid_search", "spring")
+        visit(session, hot, day(0.5), "email", "newsletter")
+        visit(session, lukewarm, day(0.2), "paid_search", "spring")
+    for contact in (hot, lukewarm):
+        page(contact, day(0.6), "/pricing")
+        add_event(contact, day(0.7), "form_submitted")
+    process_feed()
+
+    rows = campaigns(client, {"Authorization": f"Bearer {make_key(Role.finance)}"})
+    spring, newsletter = rows["spring"], rows["newsletter"]
+    # Two leads: the hot one split over its two campaigns, the lukewarm one all spring's.
+    assert (spring["leads"], newsletter["leads"]) == (1.5, 0.5)
+    # One MQL (the intern's fit grade keeps it a lead), split the same way.
+    assert (spring["mqls"], newsletter["mqls"]) == (0.5, 0.5)
+
+    clock.freeze(day(2))
+    add_event(hot, day(1.5), "form_submitted")
+    process_feed()
+    with session_scope() as session:
+        scorer.rescore_all(session)
+    again = campaigns(client, {"Authorization": f"Bearer {make_key(Role.finance)}"})
+    assert (again["spring"]["leads"], again["spring"]["mqls"]) == (1.5, 0.5)

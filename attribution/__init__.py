@@ -7,6 +7,7 @@ from attribution.db_models import ConversionKind
 from attribution.service import (
     ChannelCredit,
     channel_credits_for_contact,
+    follow_merge,
     record_conversion,
     record_milestones,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ChannelCredit",
     "ConversionKind",
     "channel_credits_for_contact",
+    "follow_merge",
     "record_conversion",
     "record_milestones",
 ]

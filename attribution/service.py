@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Select, func, literal, select
+from sqlalchemy import Select, delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from attribution import tasks
@@ -64,7 +64,7 @@ def record_conversion(
     ).one()
 
 
-def record_milestones(session: Session, reached: Select[tuple[uuid.UUID, str, datetime]]) -> int:
+def record_milestones(session: Session, reached: Select[uuid.UUID, str, datetime]) -> int:
     """Records a `lead` or `mql` conversion (worth nothing; reports count them) for each row of
     `reached`, a SELECT of (contact_id, stage, occurred_at) such as lifecycle transitions; rows
     for other stages are ignored, and a contact becomes a lead or an MQL once. Runs as one
@@ -92,6 +92,41 @@ def record_milestones(session: Session, reached: Select[tuple[uuid.UUID, str, da
     if 0 < len(new_ids) <= MOST_IDS_PER_TASK:
         enqueue_after_commit(session, tasks.credit_conversions, list(new_ids))
     return len(new_ids)
+
+
+def follow_merge(session: Session, merged: uuid.UUID, into: uuid.UUID) -> None:
+    """Moves a merged contact's conversions to the contact it was merged into (its touches
+    moved there too). A milestone both had is kept once, the earlier one."""
+    conversions = table_of(Conversion)
+    mine, theirs = conversions.alias("mine"), conversions.alias("theirs")
+    same = (
+        (theirs.c.contact_id == into)
+        & (theirs.c.kind == mine.c.kind)
+        & (theirs.c.external_ref == mine.c.external_ref)
+    )
+    earlier = session.execute(
+        select(mine.c.id, theirs.c.id).where(
+            mine.c.contact_id == merged, same, mine.c.occurred_at < theirs.c.occurred_at
+        )
+    ).all()
+    later_twins = [their_id for _, their_id in earlier]
+    if later_twins:
+        session.execute(delete(conversions).where(conversions.c.id.in_(later_twins)))
+    session.execute(
+        delete(conversions).where(
+            conversions.c.contact_id == merged,
+            select(theirs.c.id)
+            .where(
+                theirs.c.contact_id == into,
+                theirs.c.kind == conversions.c.kind,
+                theirs.c.external_ref == conversions.c.external_ref,
+            )
+            .exists(),
+        )
+    )
+    session.execute(
+        update(conversions).where(conversions.c.contact_id == merged).values(contact_id=into)
+    )
 
 
 @dataclass(frozen=True)

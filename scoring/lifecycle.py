@@ -121,7 +121,7 @@ def advance(
         ).all()
         for transition, row in zip(transitions, rows, strict=True):
             transition["id"] = row.id
-        _record_milestones(session, now, rows[0].id, rows[-1].id)
+        _record_milestones(session, now, min(r.id for r in rows), max(r.id for r in rows))
     return transitions
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+import attribution
 from capture.models import Contact
 from core import feed
 from core.clock import clock
@@ -282,8 +283,10 @@ def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> No
 
 
 def follow_merges(session: Session, losers_to_winners: dict[uuid.UUID, uuid.UUID]) -> None:
-    """Moves a merged contact's ledger and stage history to the contact it was merged into."""
+    """Moves a merged contact's ledger and stage history to the contact it was merged into,
+    and tells attribution, whose lead and MQL conversions come from that history."""
     for loser, winner in losers_to_winners.items():
+        attribution.follow_merge(session, loser, winner)
         for model in (ScoreEntry, LifecycleTransition):
             session.execute(
                 update(model).where(model.contact_id == loser).values(contact_id=winner)

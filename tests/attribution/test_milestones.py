@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from attribution.db_models import Conversion
+from capture.merge import merge_contacts
 from core.clock import clock
 from core.db import session_scope
 from core.keys import Role
@@ -62,3 +65,21 @@ def test_leads_and_mqls_from_scoring_are_counted_per_campaign(
         scorer.rescore_all(session)
     again = campaigns(client, {"Authorization": f"Bearer {make_key(Role.finance)}"})
     assert (again["spring"]["leads"], again["spring"]["mqls"]) == (1.5, 0.5)
+
+
+def test_a_merge_keeps_each_milestone_once_at_its_earliest(backend: object) -> None:
+    scorer.subscribe()
+    clock.freeze(day(3))
+    phone_signup = make_contact(email="wang@corp.cn")
+    laptop_signup = make_contact(email="wang.wei@corp.cn")
+    add_event(laptop_signup, day(2), "form_submitted")
+    add_event(phone_signup, day(1), "whitepaper_downloaded")
+    process_feed()
+    with session_scope() as session:
+        merge_contacts(session, laptop_signup, phone_signup)
+    process_feed()
+    with session_scope() as session:
+        rows = session.execute(
+            select(Conversion.contact_id, Conversion.kind, Conversion.occurred_at)
+        ).all()
+    assert rows == [(laptop_signup, "lead", day(1))]

@@ -32,6 +32,7 @@ from attribution.db_models import (
 )
 from attribution.models import Model
 from attribution.money import CURRENCIES, fen_ratio, yuan
+from core.db import consistent_reads
 from core.settings import get_settings
 from core.tasks import enqueue_after_commit
 
@@ -137,14 +138,23 @@ CSV_FIELDS = (
 
 def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> dict[str, Any]:
     """The whole report: both groupings, the totals, the reconciliation and how fresh the
-    stored credits are."""
+    stored credits are, all read from one snapshot so that they add up while the background
+    credits new conversions."""
+    created = [_run(session, _parameters_for(parameters, group))[1] for group in GroupBy]
+    if any(created):  # not committed yet, so not in a snapshot; nothing is credited anyway
+        return _report(session, days, parameters)
+    with consistent_reads(session) as snapshot:
+        return _report(snapshot, days, parameters)
+
+
+def _report(session: Session, days: DateRange, parameters: RunParameters) -> dict[str, Any]:
     recorded = _recorded(session, days)
     tables = {}
     runs: dict[str, CreditRun] = {}
     for group in GroupBy:
         for_group = _parameters_for(parameters, group)
         if for_group.key not in runs:
-            runs[for_group.key] = _run(session, for_group)
+            runs[for_group.key] = _run(session, for_group)[0]
         tables[group.value] = _rows(session, runs[for_group.key], days, group, recorded)
     reconciliation = _reconciliation(session, days, tables, recorded)
     group_runs = {group.value: runs[_parameters_for(parameters, group).key] for group in GroupBy}
@@ -168,12 +178,12 @@ def roi_report(session: Session, days: DateRange, parameters: RunParameters) -> 
     }
 
 
-def _run(session: Session, parameters: RunParameters) -> CreditRun:
-    """The stored run; a run asked for the first time is filled in the background."""
+def _run(session: Session, parameters: RunParameters) -> tuple[CreditRun, bool]:
+    """The stored run and whether it is new; a new run is filled in the background."""
     run, created = stored_run(session, parameters)
     if created:
         enqueue_after_commit(session, tasks.catch_up)
-    return run
+    return run, created
 
 
 def _freshness(run: CreditRun, rows: list[Row]) -> dict[str, Any]:
@@ -401,7 +411,7 @@ def drill_down(
 ) -> dict[str, Any]:
     """The conversions (deals) behind one row's figures, each with its whole path and the
     credit this row took from it, and the cost lines behind the row's cost."""
-    run = _run(session, _parameters_for(parameters, target.group))
+    run, _ = _run(session, _parameters_for(parameters, target.group))
     begin, finish = days.instants
     if target.key == PENDING:
         conversions = select(Conversion.id.label("id"), Conversion.occurred_at.label("at")).where(

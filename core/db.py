@@ -99,6 +99,26 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def consistent_reads(session: Session) -> Iterator[Session]:
+    """A session whose statements all read one snapshot, for a report made of several queries
+    that must add up while background work writes. On PostgreSQL a separate read-only
+    REPEATABLE READ transaction (so what `session` has not committed is not in it); SQLite's
+    writers are serialised (BEGIN IMMEDIATE), so `session`'s own transaction already is one."""
+    if not is_postgres(session):
+        yield session
+        return
+    snapshot = Session(session.get_bind(), expire_on_commit=False)
+    try:
+        snapshot.connection(
+            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        )
+        yield snapshot
+    finally:
+        snapshot.rollback()
+        snapshot.close()
+
+
 def dialect_insert(session_or_engine: Session | Engine, table: Any) -> Any:
     """INSERT with ON CONFLICT support for whichever database we are on."""
     bind = (

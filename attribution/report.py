@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from attribution import tasks
@@ -434,7 +434,10 @@ def drill_down(
         if target.kind is not None:
             conversions = conversions.where(RunConversion.kind == target.kind.value)
         if target.key == UNATTRIBUTED:
-            conversions = conversions.where(RunConversion.unattributed_fen > 0)
+            # Untouched leads and MQLs are worth nothing but are counted in this row.
+            conversions = conversions.where(
+                or_(RunConversion.unattributed_fen > 0, RunConversion.touches == 0)
+            )
         else:
             matching = select(Credit.conversion_id).where(
                 Credit.run_id == run.id, _group_column(target.group) == target.key

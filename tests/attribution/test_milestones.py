@@ -41,29 +41,39 @@ def test_leads_and_mqls_from_scoring_are_counted_per_campaign(
     clock.freeze(day(1))
     hot = make_contact(**GOOD_FIT)  # type: ignore[arg-type]
     lukewarm = make_contact(email="a@163.com", traits={"title": "实习生"})
+    walk_in = make_contact(email="zhao@corp.cn")  # no touch at all
     with session_scope() as session:
         scorer.scoring_settings(session)
         visit(session, hot, day(0), "paid_search", "spring")
         visit(session, hot, day(0.5), "email", "newsletter")
         visit(session, lukewarm, day(0.2), "paid_search", "spring")
-    for contact in (hot, lukewarm):
+    for contact in (hot, lukewarm, walk_in):
         page(contact, day(0.6), "/pricing")
         add_event(contact, day(0.7), "form_submitted")
     process_feed()
 
-    rows = campaigns(client, {"Authorization": f"Bearer {make_key(Role.finance)}"})
+    finance = {"Authorization": f"Bearer {make_key(Role.finance)}"}
+    rows = campaigns(client, finance)
     spring, newsletter = rows["spring"], rows["newsletter"]
     # Two leads: the hot one split over its two campaigns, the lukewarm one all spring's.
     assert (spring["leads"], newsletter["leads"]) == (1.5, 0.5)
     # One MQL (the intern's fit grade keeps it a lead), split the same way.
     assert (spring["mqls"], newsletter["mqls"]) == (0.5, 0.5)
+    assert rows["(unattributed)"]["leads"] == 1  # the walk-in, drilled down below
+    behind = client.get(
+        "/api/v1/attribution/drilldown",
+        params={**RANGE, "by": "campaign", "key": "(unattributed)", "kind": "lead"},
+        headers=finance,
+    )
+    assert behind.status_code == 200, behind.text
+    assert [deal["contact_id"] for deal in behind.json()["conversions"]] == [str(walk_in)]
 
     clock.freeze(day(2))
     add_event(hot, day(1.5), "form_submitted")
     process_feed()
     with session_scope() as session:
         scorer.rescore_all(session)
-    again = campaigns(client, {"Authorization": f"Bearer {make_key(Role.finance)}"})
+    again = campaigns(client, finance)
     assert (again["spring"]["leads"], again["spring"]["mqls"]) == (1.5, 0.5)
 
 

@@ -16,6 +16,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _PENDING_KEY = "nurture_pending_tasks"
+DEFAULT_QUEUE = "default"
+# Task name → queue, for the Celery app's `task_routes` (Celery deprecates a task's own
+# `queue` attribute).
+ROUTES: dict[str, dict[str, str]] = {}
 
 
 class TransientError(Exception):
@@ -23,16 +27,18 @@ class TransientError(Exception):
 
 
 def task(
-    name: str, queue: str = "default", max_retries: int = 5
+    name: str, queue: str = DEFAULT_QUEUE, max_retries: int = 5
 ) -> Callable[[Callable[..., Any]], Task]:
     """Declares a task `fn(session, *ids)`: it runs in its own transaction, acks late, and
     retries TransientError with exponential backoff and jitter."""
+
+    if queue != DEFAULT_QUEUE:
+        ROUTES[name] = {"queue": queue}
 
     def decorate(fn: Callable[..., Any]) -> Task:
         @shared_task(
             name=name,
             bind=True,
-            queue=queue,
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,

@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler = commands.add_parser("scheduler", help="the beat scheduler")
     scheduler.add_argument("--loglevel", default="info")
     commands.add_parser("migrate", help="apply database migrations")
+    mail_in = commands.add_parser(
+        "mail-in", help="SMTP server for the List-Unsubscribe mailto address (point its MX here)"
+    )
+    mail_in.add_argument("--host", default="0.0.0.0")  # noqa: S104 (an MX must be reachable)
+    mail_in.add_argument("--port", type=int, default=25)
 
     sources = commands.add_parser("sources", help="manage sources").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -70,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": cmd_worker,
         "scheduler": cmd_scheduler,
         "migrate": cmd_migrate,
+        "mail-in": cmd_mail_in,
         "sources": cmd_sources,
         "keys": cmd_keys,
         "simulate": cmd_simulate,
@@ -82,6 +88,17 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
     upgrade(get_settings().resolved_database_url)
     print("database is up to date")
+    return 0
+
+
+def cmd_mail_in(args: argparse.Namespace) -> int:
+    import logging
+
+    from channels.inbound_mail import serve_forever
+
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+    serve_forever(args.host, args.port)
     return 0
 
 

@@ -1,15 +1,20 @@
 """The capture queue's entry format, and turning a queued entry back into event envelopes.
 
-A queue payload is a JSON list. Each item is either
+A queue payload is a JSON list. Each item is one of
 
-- a request record, `{"request": {...}, "messages": [...]}`, which the tracking API writes:
-  the messages as the client sent them (validated, NUL-free, each with a messageId) and,
-  once per request, what they share: `sourceId`, `receivedAt`, `ip`, `userAgent`, and when
-  present the call `type` (single calls), the batch's `sentAt`, `context` and `integrations`;
+- a batch record, `{"request": {...}, "body": {...}}`, which the tracking API writes for a
+  batch call: the body as the client sent it (validated, NUL-free, without `writeKey`), so
+  its `batch` of messages and the `sentAt`, `context` and `integrations` they share; and
+  what the request adds: `sourceId`, `receivedAt`, `ip`, `userAgent` and `messageIds`, the
+  ids given to messages sent without one (by index in `batch`, as strings);
+- a request record, `{"request": {...}, "messages": [...]}`, which the tracking API writes
+  for a single call: the message as sent (with a messageId) and, in `request`, the call
+  `type` with `sourceId`, `receivedAt`, `ip` and `userAgent` (and, in records queued
+  before batch records existed, a batch's `sentAt`, `context` and `integrations`);
 - or a finished envelope (the forms, the pixel and internal producers build those with
   `capture.tracking.envelope_for_single`).
 
-The worker expands both into the same envelopes, so the accept path does per request only
+The worker expands all into the same envelopes, so the accept path does per request only
 what must be answered at once (authentication, validation) and leaves clock-skew correction,
 context merging and envelope building to the worker.
 """
@@ -113,15 +118,22 @@ def build_envelope(
 
 
 def request_envelopes(record: dict[str, Any], max_skew: timedelta) -> Iterator[dict[str, Any]]:
-    """One envelope per message of a request record, with the request's context and
-    integrations merged into each (the message's own keys win)."""
+    """One envelope per message of a batch or request record, with the context and
+    integrations the call shares merged into each (the message's own keys win)."""
     request = record["request"]
+    if "body" in record:
+        shared = record["body"]
+        messages = shared["batch"]
+        for index, message_id in request.get("messageIds", {}).items():
+            messages[int(index)]["messageId"] = message_id
+    else:
+        shared, messages = request, record["messages"]
     received_at = datetime.fromisoformat(request["receivedAt"])
-    sent_at = utc_time(request["sentAt"]) if request.get("sentAt") else None
+    sent_at = utc_time(shared["sentAt"]) if shared.get("sentAt") else None
     call_type = request.get("type")
-    shared_context = request.get("context")
-    shared_integrations = request.get("integrations")
-    for message in record["messages"]:
+    shared_context = shared.get("context")
+    shared_integrations = shared.get("integrations")
+    for message in messages:
         if shared_context:
             message["context"] = {**shared_context, **(message.get("context") or {})}
         if shared_integrations and "integrations" not in message:
@@ -146,4 +158,10 @@ def payload_envelopes(payload: bytes) -> list[dict[str, Any]]:
 
 
 def payload_event_count(payload: bytes) -> int:
-    return sum(len(item["messages"]) if "request" in item else 1 for item in orjson.loads(payload))
+    return sum(_event_count(item) for item in orjson.loads(payload))
+
+
+def _event_count(item: dict[str, Any]) -> int:
+    if "body" in item:
+        return len(item["body"]["batch"])
+    return len(item["messages"]) if "request" in item else 1

@@ -2,7 +2,8 @@
 
 Production uses a Redis Stream with a consumer group (entries stay pending until acked, and
 entries of a dead consumer are reclaimed). The embedded mode uses a SQLite file with the same
-claim/ack semantics. An entry is one accepted request: a list of event envelopes.
+claim/ack semantics. An entry is a JSON list of queue items (`capture.envelope` reads them):
+one request's, or several small requests' merged.
 """
 
 from __future__ import annotations
@@ -213,25 +214,37 @@ class SqliteQueue:
 
 
 MAX_MERGED_ENTRY_BYTES = 1_000_000
+# A payload this large (a batch call) is an entry of its own: merging it would only copy it.
+OWN_ENTRY_BYTES = 16_384
 
 
 def merged_entries(payloads: list[bytes]) -> list[bytes]:
-    """Joins payloads (each a JSON list of envelopes) into few large lists, so a busy API
-    process writes one stream entry per flush instead of one per request."""
+    """Joins small payloads (each a JSON list of queue items) into few large lists, so a busy
+    API process writes one stream entry per flush instead of one per single call."""
     entries: list[bytes] = []
     chunk: list[bytes] = []
     size = 0
     for payload in payloads:
         if payload == b"[]":
             continue
-        if chunk and size + len(payload) > MAX_MERGED_ENTRY_BYTES:
-            entries.append(b"[" + b",".join(chunk) + b"]")
+        own_entry = len(payload) >= OWN_ENTRY_BYTES
+        if chunk and (own_entry or size + len(payload) > MAX_MERGED_ENTRY_BYTES):
+            entries.append(_joined(chunk))
             chunk, size = [], 0
-        chunk.append(payload[1:-1])
-        size += len(payload)
+        if own_entry:
+            entries.append(payload)
+        else:
+            chunk.append(payload)
+            size += len(payload)
     if chunk:
-        entries.append(b"[" + b",".join(chunk) + b"]")
+        entries.append(_joined(chunk))
     return entries
+
+
+def _joined(payloads: list[bytes]) -> bytes:
+    if len(payloads) == 1:
+        return payloads[0]
+    return b"[" + b",".join(payload[1:-1] for payload in payloads) + b"]"
 
 
 def _text(value: bytes | str) -> str:

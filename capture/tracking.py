@@ -23,9 +23,12 @@ import orjson
 from capture.envelope import build_envelope
 
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+# The types whose only required ids are userId or anonymousId.
+USUAL_TYPES = frozenset({"identify", "track", "page", "screen"})
 MAX_ID_LENGTH = 200
 MAX_NAME_LENGTH = 200
 MAX_TIMESTAMP_LENGTH = 40
+MAX_PLAIN_LENGTH = min(MAX_ID_LENGTH, MAX_NAME_LENGTH)
 ID_FIELDS = ("userId", "anonymousId", "messageId", "groupId", "previousId")
 NAME_FIELDS = ("event", "name")
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
@@ -48,8 +51,9 @@ def too_large(limit: int) -> CaptureError:
     return CaptureError(413, "too_large", f"the body is larger than {limit} bytes")
 
 
-def decode_body(body: bytes, content_encoding: str, limit: int) -> dict[str, Any]:
-    """Gunzips (bounded, so a small bomb cannot expand past the limit) and parses JSON."""
+def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body's JSON text: gunzipped when so encoded, bounded so that a small bomb cannot
+    expand past `limit` bytes."""
     if len(body) > limit:
         raise too_large(limit)
     encoding = content_encoding.strip().lower()
@@ -65,17 +69,26 @@ def decode_body(body: bytes, content_encoding: str, limit: int) -> dict[str, Any
             raise CaptureError(400, "invalid_gzip", "the gzip body is truncated")
     elif encoding not in ("", "identity"):
         raise CaptureError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+    return body
+
+
+def parse_body(text: bytes) -> dict[str, Any]:
+    """The JSON object of a body, with U+0000 removed from every string and key."""
     try:
-        parsed = orjson.loads(body)
+        parsed = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise CaptureError(400, "invalid_json", f"the body is not valid JSON: {exc.msg}") from exc
     if not isinstance(parsed, dict):
         raise CaptureError(400, "invalid_json", "the body must be a JSON object")
-    # A NUL can only come from a \u0000 escape (JSON forbids raw control characters), so
-    # the byte search keeps the walk off the hot path.
-    if ESCAPED_NUL in body:
+    if may_hold_nul(text):
         parsed = without_nul(parsed)
     return parsed
+
+
+def may_hold_nul(text: bytes) -> bool:
+    """Whether a JSON text can hold U+0000: only a \\u0000 escape can write it (JSON forbids raw
+    control characters). Looking for a backslash first is far faster than for the escape."""
+    return b"\\" in text and ESCAPED_NUL in text
 
 
 def without_nul(value: Any) -> Any:
@@ -111,6 +124,47 @@ def _name_problem(value: Any) -> str | None:
 
 def _blank(value: Any) -> bool:
     return value is None or value == ""
+
+
+def is_plainly_valid(message: dict[str, Any]) -> bool:
+    """True for a message of the usual shape, which `message_problems` would pass: an
+    identify, track, page or screen call with a messageId, short printable ids and names,
+    objects where objects go and readable timestamps. False only means "ask
+    `message_problems`", which names what is wrong, if anything; this runs per batch item."""
+    get = message.get
+    kind = get("type")
+    if kind.__class__ is not str or kind not in USUAL_TYPES:
+        return False
+    user_id = get("userId")
+    anonymous_id = get("anonymousId")
+    message_id = get("messageId")
+    if message_id is None or (user_id is None and anonymous_id is None):
+        return False
+    if "groupId" in message or "previousId" in message:
+        return False
+    name = get("name")
+    event = get("event")
+    if event is None and kind == "track":
+        return False
+    for text in (message_id, user_id, anonymous_id, event, name):
+        if text is not None and not (
+            text.__class__ is str and 0 < len(text) <= MAX_PLAIN_LENGTH and text.isprintable()
+        ):
+            return False
+    for value in (get("properties"), get("traits"), get("context"), get("integrations")):
+        if value is not None and value.__class__ is not dict:
+            return False
+    for value in (get("timestamp"), get("sentAt")):
+        if value is not None:
+            if value.__class__ is not str or len(value) > MAX_TIMESTAMP_LENGTH:
+                return False
+            try:
+                year = datetime.fromisoformat(value).year
+            except ValueError:
+                return False
+            if year in EDGE_YEARS:
+                return False
+    return True
 
 
 def message_problems(message: dict[str, Any], kind: str | None) -> dict[str, str]:
@@ -209,11 +263,14 @@ def single_record(body: dict[str, Any], kind: str, request: dict[str, Any]) -> b
     return orjson.dumps([{"request": {**request, "type": kind}, "messages": [body]}])
 
 
-def batch_record(body: dict[str, Any], request: dict[str, Any], max_event_bytes: int) -> bytes:
-    """The queue payload of a batch call: one request record holding every item as sent.
+def batch_record(
+    text: bytes, body: dict[str, Any], request: dict[str, Any], max_event_bytes: int
+) -> bytes:
+    """The queue payload of a batch call: one request record holding the body as sent.
 
-    Each item is encoded once, which both measures it against the per-event limit and
-    writes it into the payload."""
+    `body` is parsed from the JSON `text`. The record embeds `text` itself, so events are not
+    encoded again, unless the body must change (a write key to leave out, NULs removed);
+    messages sent without a messageId get one in the request's `messageIds`, by index."""
     batch = body.get("batch")
     if not isinstance(batch, list) or not batch:
         raise CaptureError(
@@ -229,34 +286,40 @@ def batch_record(body: dict[str, Any], request: dict[str, Any], max_event_bytes:
             errors[field] = "must be a JSON object"
     if errors:
         raise CaptureError(422, "invalid", _summary(errors), errors)
-    request = dict(request)
-    for field in ("sentAt", "context", "integrations"):
-        if body.get(field):
-            request[field] = body[field]
+    # No item can be larger than the whole body.
+    if len(text) > max_event_bytes:
+        _check_item_sizes(batch, max_event_bytes)
 
-    encoded: list[bytes] = []
+    message_ids: dict[str, str] = {}
     for index, item in enumerate(batch):
+        if item.__class__ is dict and is_plainly_valid(item):
+            continue
         if not isinstance(item, dict):
             errors[f"batch.{index}"] = "must be a JSON object"
             continue
         problems = message_problems(item, None)
         if problems:
-            errors.update((f"batch.{index}.{field}", text) for field, text in problems.items())
-            continue
-        if _blank(item.get("messageId")):
-            item = {**item, "messageId": str(uuid.uuid4())}
-        item_bytes = orjson.dumps(item)
-        if len(item_bytes) > max_event_bytes:
+            errors.update((f"batch.{index}.{field}", why) for field, why in problems.items())
+        elif _blank(item.get("messageId")):
+            message_ids[str(index)] = str(uuid.uuid4())
+    if errors:
+        raise CaptureError(422, "invalid", _summary(errors), errors)
+    if "writeKey" in body or may_hold_nul(text):
+        text = orjson.dumps({key: value for key, value in body.items() if key != "writeKey"})
+    if message_ids:
+        request = {**request, "messageIds": message_ids}
+    return b'[{"request":%b,"body":%b}]' % (orjson.dumps(request), text)
+
+
+def _check_item_sizes(batch: list[Any], max_event_bytes: int) -> None:
+    for index, item in enumerate(batch):
+        if len(orjson.dumps(item)) > max_event_bytes:
             raise CaptureError(
                 413,
                 "too_large",
                 f"batch.{index} is larger than {max_event_bytes} bytes",
                 {f"batch.{index}": f"is larger than {max_event_bytes} bytes"},
             )
-        encoded.append(item_bytes)
-    if errors:
-        raise CaptureError(422, "invalid", _summary(errors), errors)
-    return b'[{"request":%b,"messages":[%b]}]' % (orjson.dumps(request), b",".join(encoded))
 
 
 def _summary(errors: dict[str, str]) -> str:

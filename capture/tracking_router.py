@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -23,13 +25,14 @@ from capture.sources import SourceInfo, normalize_origin, write_keys
 from capture.tracking import (
     CaptureError,
     batch_record,
-    decode_body,
+    inflate,
+    parse_body,
     single_record,
     too_large,
 )
 from core.clock import clock
 from core.keys import ADMIN_KEY_PREFIX
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["tracking"])
@@ -150,15 +153,38 @@ def error_answer(error: CaptureError, headers: dict[str, str] | None = None) -> 
 
 async def accept(incoming: Incoming, kind: str) -> Answer:
     settings = get_settings()
+    try:
+        raw = await read_asgi_body(incoming.receive, incoming.headers, body_limit(kind, settings))
+    except CaptureError as error:
+        return error_answer(error)
+    with collector_paused():
+        answer, payload = admit(incoming, raw, kind, settings)
+    if payload is None:
+        return answer
+    try:
+        await get_queue().put(payload)
+    except Exception as exc:
+        # Whatever stopped the queue (Redis down, an unwritable file), these events are not
+        # stored, so the client must hear 503 and retry them rather than a 2xx or a 500.
+        log.warning("capture queue unavailable: %r", exc)
+        return error_answer(QUEUE_UNAVAILABLE, {**answer[2], "Retry-After": "1"})
+    return answer
+
+
+def admit(
+    incoming: Incoming, raw: bytes, kind: str, settings: Settings
+) -> tuple[Answer, bytes | None]:
+    """Checks a request and writes its queue payload: the answer to give once the payload is
+    queued, and the payload (None when there is nothing to queue, the answer is final)."""
     headers: dict[str, str] = {}
     try:
-        limit = settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes
-        raw = await read_asgi_body(incoming.receive, incoming.headers, limit)
-        body = decode_body(raw, incoming.headers.get("content-encoding", ""), limit)
+        encoding = incoming.headers.get("content-encoding", "")
+        text = inflate(raw, encoding, body_limit(kind, settings))
+        body = parse_body(text)
         source = authenticate(write_key_from(incoming.headers, body))
         headers = cors_headers(incoming.headers, source)
         if source.honor_do_not_track and incoming.headers.get("dnt") == "1":
-            return 200, SUCCESS, headers
+            return (200, SUCCESS, headers), None
         request = {
             "sourceId": source_text(source.id),
             "receivedAt": clock.now(),  # orjson writes it as isoformat() would, and faster
@@ -166,19 +192,33 @@ async def accept(incoming: Incoming, kind: str) -> Answer:
             "userAgent": incoming.headers.get("user-agent"),
         }
         if kind == "batch":
-            payload = batch_record(body, request, settings.max_event_bytes)
+            payload = batch_record(text, body, request, settings.max_event_bytes)
         else:
             payload = single_record(body, kind, request)
     except CaptureError as error:
-        return error_answer(error, headers)
+        return error_answer(error, headers), None
+    return (200, SUCCESS, headers), payload
+
+
+def body_limit(kind: str, settings: Settings) -> int:
+    return settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keeps the cyclic garbage collector from running while a body is parsed and checked.
+
+    Parsing a batch allocates hundreds of dicts and lists, enough to start a collection that
+    would scan every other request's objects too; here they are all freed again before the
+    collector may run, so they never count towards one."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
     try:
-        await get_queue().put(payload)
-    except Exception as exc:
-        # Whatever stopped the queue (Redis down, an unwritable file), these events are not
-        # stored, so the client must hear 503 and retry them rather than a 2xx or a 500.
-        log.warning("capture queue unavailable: %r", exc)
-        return error_answer(QUEUE_UNAVAILABLE, {**headers, "Retry-After": "1"})
-    return 200, SUCCESS, headers
+        yield
+    finally:
+        gc.enable()
 
 
 def _endpoint(kind: str) -> Any:

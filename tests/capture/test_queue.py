@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from capture.queue import MAX_MERGED_ENTRY_BYTES, get_queue, merged_entries
+from capture.queue import MAX_MERGED_ENTRY_BYTES, OWN_ENTRY_BYTES, get_queue, merged_entries
 
 
 def test_merged_entries_keep_every_envelope_in_order():
@@ -16,11 +16,24 @@ def test_merged_entries_keep_every_envelope_in_order():
 
 
 def test_merged_entries_are_split_before_they_grow_too_large():
-    big = orjson.dumps([{"blob": "x" * (MAX_MERGED_ENTRY_BYTES // 4)}])
-    entries = merged_entries([big] * 7)
+    small = orjson.dumps([{"blob": "x" * (OWN_ENTRY_BYTES // 2)}])
+    count = 2 * MAX_MERGED_ENTRY_BYTES // len(small) + 1
+    entries = merged_entries([small] * count)
     assert len(entries) == 3
     assert all(len(entry) <= MAX_MERGED_ENTRY_BYTES for entry in entries)
-    assert sum(len(orjson.loads(e)) for e in entries) == 7
+    assert sum(len(orjson.loads(e)) for e in entries) == count
+
+
+def test_a_large_payload_is_an_entry_of_its_own_in_order():
+    small = [orjson.dumps([{"n": i}]) for i in range(4)]
+    large = orjson.dumps([{"blob": "x" * OWN_ENTRY_BYTES}])
+    entries = merged_entries([small[0], small[1], large, small[2], small[3]])
+    assert entries[1] is large
+    assert [orjson.loads(e) for e in entries] == [
+        [{"n": 0}, {"n": 1}],
+        orjson.loads(large),
+        [{"n": 2}, {"n": 3}],
+    ]
 
 
 def test_concurrent_puts_are_all_stored(pg_backend):

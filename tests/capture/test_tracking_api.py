@@ -451,6 +451,44 @@ def test_one_bad_item_rejects_the_whole_batch(client: TestClient, write_key: str
     assert_nothing_queued()
 
 
+def test_every_bad_item_of_a_batch_is_named_and_nothing_is_queued(
+    client: TestClient, write_key: str
+) -> None:
+    good = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
+    body = {
+        "batch": [
+            good,
+            {"type": "track", "event": "E", "messageId": "m-2"},  # neither userId nor anonymousId
+            {**good, "type": "group"},  # no groupId
+            {**good, "messageId": None},  # valid: it gets an id
+            {**good, "userId": "", "anonymousId": ""},
+        ]
+    }
+
+    response = client.post("/v1/batch", json=body, headers=basic(write_key))
+
+    error = assert_error(response, 422)
+    assert error["fields"] == {
+        "batch.1.userId": "userId or anonymousId is required",
+        "batch.2.groupId": "is required for group",
+        "batch.4.userId": "userId or anonymousId is required",
+    }
+    assert_nothing_queued()
+
+
+def test_a_batch_with_an_oversized_item_is_413_even_when_another_is_invalid(
+    client: TestClient, write_key: str
+) -> None:
+    big = {"type": "track", "userId": "u", "event": "E", "properties": {"blob": "x" * 33_000}}
+    body = {"batch": [{"type": "track", "event": "E"}, big]}
+
+    response = client.post("/v1/batch", json=body, headers=basic(write_key))
+
+    error = assert_error(response, 413)
+    assert error["fields"] == {"batch.1": "is larger than 32768 bytes"}
+    assert_nothing_queued()
+
+
 # (body bytes, extra headers, status)
 UNREADABLE_BODIES: dict[str, tuple[bytes, dict[str, str], int]] = {
     "malformed JSON": (b'{"userId": "u", "event": ', {}, 400),

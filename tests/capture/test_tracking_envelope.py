@@ -26,7 +26,7 @@ def queued_payloads() -> list[bytes]:
     return [payload for _id, payload in get_queue().take("test", 100, 0)]
 
 
-def test_a_batch_is_queued_as_one_record_with_what_its_messages_share(
+def test_a_batch_is_queued_as_its_body_was_sent_with_the_request_beside_it(
     client: TestClient, write_key: str
 ) -> None:
     clock.freeze(NOW)
@@ -40,11 +40,18 @@ def test_a_batch_is_queued_as_one_record_with_what_its_messages_share(
         "context": {"library": {"name": "lib"}},
         "integrations": {"All": False},
     }
+    # Spaces as a hand-written client might send: the body is queued byte for byte.
+    text = orjson.dumps(body, option=orjson.OPT_INDENT_2)
 
-    response = client.post("/v1/batch", json=body, headers={**basic(write_key), "User-Agent": "ua"})
+    response = client.post(
+        "/v1/batch",
+        content=text,
+        headers={**basic(write_key), "User-Agent": "ua", "Content-Type": "application/json"},
+    )
 
     assert response.status_code == 200, response.text
     [payload] = queued_payloads()
+    assert text in payload
     [record] = orjson.loads(payload)
     source = write_keys.lookup(write_key)
     assert source is not None
@@ -53,27 +60,83 @@ def test_a_batch_is_queued_as_one_record_with_what_its_messages_share(
         "receivedAt": NOW.isoformat(),
         "ip": "testclient",
         "userAgent": "ua",
-        "sentAt": body["sentAt"],
-        "context": body["context"],
-        "integrations": body["integrations"],
     }
-    assert record["messages"] == items
+    assert record["body"] == body
     assert payload_event_count(payload) == 2
+    first, second = payload_envelopes(payload)
+    assert first["context"] == {"library": {"name": "lib"}}
+    assert second["integrations"] == {"All": False}
+
+
+def queued_beacon_record(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Posts `body`, write key inside, as sendBeacon does; the one record queued for it."""
+    response = client.post(
+        path, content=orjson.dumps(body), headers={"Content-Type": "text/plain;charset=UTF-8"}
+    )
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    assert body["writeKey"].encode() not in payload
+    [record] = orjson.loads(payload)
+    return dict(record)
+
+
+def test_a_batch_is_queued_without_the_write_key_of_its_body(
+    client: TestClient, write_key: str
+) -> None:
+    items = [{"type": "track", "anonymousId": "a", "event": "Clicked", "messageId": "m-1"}]
+
+    record = queued_beacon_record(client, "/v1/batch", {"writeKey": write_key, "batch": items})
+
+    assert record["body"] == {"batch": items}
+
+
+def test_a_batch_with_nul_escapes_is_queued_without_them(
+    client: TestClient, write_key: str
+) -> None:
+    item = {"type": "track", "anonymousId": "a\u0000b", "event": "E", "messageId": "m-1"}
+    text = orjson.dumps({"batch": [item]})
+    assert b"\\u0000" in text
+
+    response = client.post("/v1/batch", content=text, headers=basic(write_key))
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    assert b"\\u0000" not in payload
+    [envelope] = payload_envelopes(payload)
+    assert envelope["anonymousId"] == "ab"
+
+
+def test_only_the_messages_sent_without_an_id_get_one_beside_the_body(
+    client: TestClient, write_key: str
+) -> None:
+    items: list[dict[str, Any]] = [
+        {"type": "track", "userId": "u", "event": "A", "messageId": "m-a"},
+        {"type": "track", "userId": "u", "event": "B"},
+        {"type": "track", "userId": "u", "event": "C", "messageId": ""},
+        {"type": "track", "userId": "u", "event": "D", "messageId": 7},
+    ]
+
+    response = client.post("/v1/batch", json={"batch": items}, headers=basic(write_key))
+
+    assert response.status_code == 200, response.text
+    [payload] = queued_payloads()
+    [record] = orjson.loads(payload)
+    assert record["body"]["batch"] == items
+    given = record["request"]["messageIds"]
+    assert sorted(given) == ["1", "2"]
+    assert all(len(message_id) == 36 for message_id in given.values())
+    envelopes = payload_envelopes(payload)
+    assert [e["messageId"] for e in envelopes] == ["m-a", given["1"], given["2"], "7"]
 
 
 def test_a_single_call_is_queued_without_the_write_key_of_its_body(
     client: TestClient, write_key: str
 ) -> None:
-    body = orjson.dumps({"writeKey": write_key, "anonymousId": "a", "event": "Clicked"})
+    body = {"writeKey": write_key, "anonymousId": "a", "event": "Clicked"}
 
-    response = client.post(
-        "/v1/track", content=body, headers={"Content-Type": "text/plain;charset=UTF-8"}
-    )
+    record = queued_beacon_record(client, "/v1/track", body)
 
-    assert response.status_code == 200, response.text
-    [payload] = queued_payloads()
-    assert write_key.encode() not in payload
-    [record] = orjson.loads(payload)
     assert record["request"]["type"] == "track"
     assert record["messages"] == [
         {"anonymousId": "a", "event": "Clicked", "messageId": record["messages"][0]["messageId"]}

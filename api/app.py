@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
@@ -15,16 +17,23 @@ from capture.snippet_router import router as snippet_router
 from capture.tracking_router import CaptureFastPath
 from capture.tracking_router import router as tracking_router
 from channels.router import router as channels_router
+from core import feed
 from handoff.router import router as handoff_router
 from journeys.router import router as journeys_router
 from scoring.router import router as scoring_router
 from worker.app import celery_app
+from worker.tasks import request_dispatch
 
 
 def create_server_app() -> ASGIApp:
     """What servers run: the tracking calls go straight to capture, ahead of FastAPI's
-    machinery (their routes in the FastAPI app serve the docs and the same handler)."""
-    return CaptureFastPath(create_app())
+    machinery (their routes in the FastAPI app serve the docs and the same handler).
+    A request that publishes changes asks for a feed dispatch when it commits, as workers do,
+    so journeys, scoring and handoff react within moments rather than at the next beat."""
+    feed.on_commit_dispatch(request_dispatch)
+    app = CaptureFastPath(create_app())
+    gc.freeze()  # what is loaded by now lives as long as the server: spare the collector it
+    return app
 
 
 def create_app() -> FastAPI:

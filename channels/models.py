@@ -17,7 +17,9 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.schema import CreateTable
 
 from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, utcnow
 
@@ -106,8 +108,7 @@ class Delivery(UUIDPrimaryKey, Timestamps, Base):
     campaign: Mapped[str | None] = mapped_column(String(200), index=True)
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     target: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Set in its own commit just before the provider call: a "sending" delivery with it set
-    # may have gone out; without it, it was only reserved by a run.
+    # When the message was claimed (see SendClaim), written when its outcome is recorded.
     sending_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
@@ -115,6 +116,38 @@ class Delivery(UUIDPrimaryKey, Timestamps, Base):
     clicked_at: Mapped[datetime | None]
     bounced_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+
+
+class SendClaim(Base):
+    """The claim-before-send ledger of one run of sends: a row per message the run reserved,
+    `claimed_at` set (and committed) just before the provider call and the provider's answer
+    noted just after, until the run records the batch onto its deliveries and deletes the rows.
+
+    UNLOGGED on PostgreSQL, so a claim commits without waiting for the disk: a worker killed
+    mid-batch leaves its claims readable, and a database crash empties the table, which
+    recovery reads as "may have gone out" (never resent)."""
+
+    __tablename__ = "send_claims"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    claimed_at: Mapped[datetime | None]
+    result: Mapped[str | None] = mapped_column(String(32))
+    code: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    until: Mapped[datetime | None]
+
+
+UNLOGGED_TABLES = frozenset({SendClaim.__tablename__})
+
+
+@compiles(CreateTable, "postgresql")
+def _create_unlogged(create: CreateTable, compiler: Any, **options: Any) -> str:
+    # By name, so that the Alembic migration's own Table object is created UNLOGGED too.
+    sql: str = compiler.visit_create_table(create, **options)
+    if create.element.name in UNLOGGED_TABLES:
+        sql = sql.replace("CREATE TABLE", "CREATE UNLOGGED TABLE", 1)
+    return sql
 
 
 class TrackedLink(Base):

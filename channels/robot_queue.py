@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from channels import templates
+from channels import claims, templates
 from channels.models import Delivery, Robot, RobotPost, Template
 from channels.outcome import Outcome, Result
 from channels.providers import robots
@@ -101,11 +101,25 @@ def flush(session: Session, delivery: Delivery, now: datetime, settings: Channel
         return
     title = titles[0] if len(titles) == 1 else f"{len(titles)} notifications"
     text = SEPARATOR.join(notes).encode()[:limit].decode(errors="ignore")
+    # Claimed and committed before the post, as emails are: a worker stopped during it leaves
+    # them "may have gone out", not queued to be posted again. The post counts in the robot's
+    # window from the claim, so the robot's lock can go with this commit.
+    post = RobotPost(robot_id=robot.id, posted_at=now, deliveries=len(included))
+    session.add(post)
+    for waiting in included:
+        waiting.status, waiting.sending_at, waiting.last_attempt_at = "sending", now, now
+    claims.reserve(session, [waiting.id for waiting in included], claimed_at=now)
+    session.commit()
     outcome = robots.post(http_client(), robot.kind, robot.webhook_url, robot.secret, title, text)
-    if outcome.result is Result.sent:
-        session.add(RobotPost(robot_id=robot.id, posted_at=now, deliveries=len(included)))
-    elif outcome.result is Result.defer:
+    ledger = claims.Ledger(session)
+    for waiting in included:
+        ledger.note(waiting.id, outcome)
+    ledger.close()
+    if outcome.result is not Result.sent:
+        session.delete(post)
+    if outcome.result is Result.defer:
         outcome = Outcome(Result.defer, outcome.code, outcome.reason, until=now + WINDOW)
+    claims.release(session, [waiting.id for waiting in included])
     for waiting in included:
         contact = delivery_contact(session, waiting)
         if contact is not None:

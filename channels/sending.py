@@ -2,11 +2,13 @@
 fresh state, apply the policies, render, then send and record what happened (retries and
 deferrals wait in the database).
 
-A message is never sent twice, even by a worker killed mid-batch: the batch is first committed
-as reserved ("sending", not yet out), then each message is claimed in its own commit (which also
-records the previous message's result) just before it goes out. A reservation whose worker
-died is queued again; a claim whose worker died may or may not have gone out, so it is resolved
-without a blind resend (`recover_interrupted`)."""
+A message is never sent twice, even by a worker killed mid-batch: the batch is committed as
+reserved ("sending", not yet out), then each message is claimed in the claim-before-send ledger
+(`claims`, one cheap commit) just before it goes out and the provider's answer noted just after;
+the batch's outcomes are recorded on the deliveries together at the end. A stopped run's
+messages are resolved from the ledger (`recover_interrupted`): never claimed ones are queued
+again, answered ones recorded, and a claimed one without an answer, which may have gone out,
+is resolved without a blind resend."""
 
 from __future__ import annotations
 
@@ -15,15 +17,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from capture.models import Contact
-from channels import emails, engagement, policies, robot_queue, templates, tokens
+from channels import claims, emails, engagement, policies, robot_queue, templates, tokens
 from channels.models import Delivery, EmailLayout, Template, TrackedLink, WebhookEndpoint
 from channels.outcome import Outcome, Result
 from channels.policies import Verdict
@@ -32,6 +33,7 @@ from channels.records import (
     PAUSE_RECHECK,
     channel_paused,
     defer,
+    delivery_contact,
     fail,
     recipient_view,
     record,
@@ -48,8 +50,16 @@ AMBIGUOUS_EMAIL = (
     "the worker stopped while handing this email to the SMTP server; it may have gone out, "
     "so it is not sent again"
 )
+AMBIGUOUS_ROBOT_POST = (
+    "the worker stopped while posting to the robot; it may have gone out, so it is not posted again"
+)
 
 Send = Callable[[], Outcome]
+# Built once: every task starts with it, and building a statement costs more than running it.
+STATE = select(Delivery.status, Delivery.next_attempt_at, Delivery.updated_at).where(
+    Delivery.id == bindparam("delivery_id")
+)
+LOCK_DELIVERY = select(Delivery).where(Delivery.id == bindparam("delivery_id")).with_for_update()
 
 
 @dataclass
@@ -74,28 +84,55 @@ class Ready:
     send: Send
 
 
-def is_due(delivery: Delivery, now: datetime) -> bool:
+class DeliveryState(Protocol):
+    status: str
+    next_attempt_at: datetime | None
+    updated_at: datetime
+
+
+def is_due(delivery: DeliveryState, now: datetime) -> bool:
     return delivery.status == "queued" or (
         delivery.status == "deferred"
         and (delivery.next_attempt_at is None or delivery.next_attempt_at <= now)
     )
 
 
-def interrupted(delivery: Delivery, now: datetime) -> bool:
+def interrupted(delivery: DeliveryState, now: datetime) -> bool:
     """A reservation or claim left behind by a worker that stopped."""
     return delivery.status == "sending" and delivery.updated_at < now - SENDING_LEASE
 
 
-def recover_interrupted(delivery: Delivery, now: datetime) -> None:
-    """Reserved but never claimed: queue it again. Claimed: it may have gone out. SMS is
-    checked with QuerySendDetails before any resend; a webhook goes again (it carries the
-    delivery id, so receivers drop a repeat); an email is failed with the reason."""
-    if delivery.sending_at is None:
-        delivery.status, delivery.next_attempt_at = "queued", None
-    elif delivery.channel == "sms":
+def recover_interrupted(
+    session: Session, deliveries: list[Delivery], now: datetime, settings: ChannelSettings
+) -> None:
+    """Resolves deliveries a stopped run left "sending", from its ledger rows."""
+    left = claims.left_behind(session, [delivery.id for delivery in deliveries])
+    for delivery in deliveries:
+        row = left.get(delivery.id)
+        outcome = claims.noted_outcome(row) if row is not None else None
+        if row is not None and row.claimed_at is None:
+            delivery.status, delivery.next_attempt_at = "queued", None
+        elif row is not None and outcome is not None:
+            delivery.sending_at = row.claimed_at
+            contact = delivery_contact(session, delivery)
+            record(session, delivery, contact, outcome, row.claimed_at, settings)
+        else:
+            # Claimed without an answer, or no ledger row (a database crash took it).
+            delivery.sending_at = row.claimed_at if row is not None else delivery.sending_at
+            resolve_ambiguous(delivery, now)
+    claims.release(session, list(left))
+
+
+def resolve_ambiguous(delivery: Delivery, now: datetime) -> None:
+    """A message that may have gone out: SMS is checked with QuerySendDetails before any
+    resend; a webhook goes again (it carries the delivery id, so receivers drop a repeat); an
+    email or robot post is failed with the reason."""
+    if delivery.channel == "sms":
         defer(delivery, "ambiguous_timeout", "the worker stopped during SendSms", now)
     elif delivery.channel == "webhook":
         defer(delivery, "ambiguous_send", "the worker stopped during the webhook call", now)
+    elif delivery.channel in ROBOT_CHANNELS:
+        fail(delivery, "ambiguous_send", AMBIGUOUS_ROBOT_POST, now)
     else:
         fail(delivery, "ambiguous_send", AMBIGUOUS_EMAIL, now)
 
@@ -105,16 +142,21 @@ def deliver(session: Session, delivery_id: uuid.UUID) -> str:
     its status afterwards. Safe to run twice or concurrently: the row lock, the status check
     and the per-message claims make a second run a no-op.
 
-    Commits along the way (the claims must be durable before a message goes out)."""
-    delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
+    Commits along the way (the reservation must be durable before a message goes out)."""
+    now = clock.now()
+    # Most tasks find their message already sent by another task's batch: a plain read tells,
+    # without loading or locking the row.
+    state: Any = session.execute(STATE, {"delivery_id": delivery_id}).first()
+    if state is None or not (is_due(state, now) or interrupted(state, now)):
+        return "missing" if state is None else str(state.status)
+    delivery = session.scalar(LOCK_DELIVERY, {"delivery_id": delivery_id})
     if delivery is None:
         return "missing"
-    now = clock.now()
+    settings = get_channel_settings()
     if interrupted(delivery, now):
-        recover_interrupted(delivery, now)
+        recover_interrupted(session, [delivery], now, settings)
     if not is_due(delivery, now):
         return delivery.status
-    settings = get_channel_settings()
     # Changes to deliveries are written at the commits, not before every query.
     with session.no_autoflush:
         if channel_paused(session, delivery.channel):
@@ -196,37 +238,47 @@ def send_all(
         if item.contact is not None:
             # Their events (sent, bounced) need this binding: written once, with the reservation.
             engagement.contact_anonymous_id(session, item.contact)
+    claims.reserve(session, [item.delivery.id for item in ready])
     session.commit()
-    for item in ready:
-        if not claim(session, item.delivery):
-            continue
-        outcome = item.send()
-        record(session, item.delivery, item.contact, outcome, clock.now(), settings)
-    session.flush()
+    answered: list[Answered] = []
+    reached = 0
+    ledger = claims.Ledger(session)
+    try:
+        for item in ready:
+            reached += 1
+            claimed_at = clock.now()
+            if not ledger.claim(item.delivery.id, claimed_at):
+                continue
+            outcome = item.send()
+            ledger.note(item.delivery.id, outcome)
+            answered.append(Answered(item, claimed_at, clock.now(), outcome))
+    finally:
+        ledger.close()
+        # A message whose send raised stays claimed ("may have gone out"); the ones after it
+        # were never claimed and go back to the queue.
+        record_run(session, answered, [item.delivery for item in ready[reached:]], settings)
 
 
-def claim(session: Session, delivery: Delivery) -> bool:
-    """Marks a reserved delivery as going out now, and commits that (with whatever was recorded
-    since the last commit) before the provider is called. False when the reservation was
-    taken back meanwhile (its run was thought dead)."""
-    now = clock.now()
-    claimed = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id == delivery.id,
-            Delivery.status == "sending",
-            Delivery.sending_at.is_(None),
-        )
-        .values(sending_at=now, last_attempt_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(claimed, "rowcount", 0):
-        session.commit()
-        return False
-    for name in ("sending_at", "last_attempt_at", "updated_at"):
-        set_committed_value(delivery, name, now)
+@dataclass(frozen=True)
+class Answered:
+    item: Ready
+    claimed_at: datetime
+    answered_at: datetime
+    outcome: Outcome
+
+
+def record_run(
+    session: Session, answered: list[Answered], unsent: list[Delivery], settings: ChannelSettings
+) -> None:
+    """Records a run's outcomes on their deliveries and drops its ledger rows, in one commit."""
+    for done in answered:
+        delivery = done.item.delivery
+        delivery.sending_at = done.claimed_at
+        record(session, delivery, done.item.contact, done.outcome, done.answered_at, settings)
+    for delivery in unsent:
+        delivery.status = "queued"
+    claims.release(session, [d.item.delivery.id for d in answered] + [d.id for d in unsent])
     session.commit()
-    return True
 
 
 def recipient_address(delivery: Delivery, contacts: dict[uuid.UUID, Contact]) -> str | None:

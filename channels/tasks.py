@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from channels import sending, subscriptions
 from channels.models import Delivery
+from channels.settings import get_channel_settings
 from core import feed
 from core.clock import clock
 from core.db import is_postgres
@@ -65,8 +66,7 @@ def recover_interrupted(session: Session, now: datetime, limit: int) -> list[uui
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     stale = list(session.scalars(stmt))
-    for delivery in stale:
-        sending.recover_interrupted(delivery, now)
+    sending.recover_interrupted(session, stale, now, get_channel_settings())
     session.flush()
     return [delivery.id for delivery in stale if delivery.status == "queued"]
 

@@ -155,3 +155,20 @@ def freeze(iso: str) -> datetime:
     moment = datetime.fromisoformat(iso)
     clock.freeze(moment)
     return moment
+
+
+def queue_emails(template_id: uuid.UUID, contact_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Queued emails of one template, one to each contact, without their tasks."""
+    with db.session_scope() as session:
+        rows = [
+            Delivery(
+                idempotency_key=f"batch:{index}",
+                contact_id=contact_id,
+                channel="email",
+                template_id=template_id,
+            )
+            for index, contact_id in enumerate(contact_ids)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]

@@ -20,7 +20,15 @@ from channels.models import Delivery, Suppression, Template
 from channels.providers import smtp
 from core import db
 from core.clock import clock
-from tests.channels.conftest import PUBLIC_URL, auth, delivery, events_of, freeze, make_contact
+from tests.channels.conftest import (
+    PUBLIC_URL,
+    auth,
+    delivery,
+    events_of,
+    freeze,
+    make_contact,
+    queue_emails,
+)
 from tests.channels.fakes import MailHandler
 
 CHROME = (
@@ -567,19 +575,7 @@ def test_queued_deliveries_of_a_channel_go_out_together_with_policies_applied(
     template_id = uuid.UUID(create_template(client, admin_key))
     same = make_contact()
     others = [make_contact(email=f"reader{i}@example.cn") for i in range(3)]
-    with db.session_scope() as session:
-        rows = [
-            Delivery(
-                idempotency_key=f"b{i}",
-                contact_id=contact_id,
-                channel="email",
-                template_id=template_id,
-            )
-            for i, contact_id in enumerate([same] * 4 + others)
-        ]
-        session.add_all(rows)
-        session.flush()
-        ids = [str(row.id) for row in rows]
+    ids = [str(i) for i in queue_emails(template_id, [same] * 4 + others)]
     assert tasks.send_delivery(ids[0]) == "sent"
     statuses = [delivery(i).status for i in ids]
     # One run sent every queued email; the fourth to the same contact met the daily cap.

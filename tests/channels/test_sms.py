@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from capture.models import Contact
 from channels import tasks
-from channels.models import ChannelAlert, ChannelState, Delivery, Suppression
+from channels.models import ChannelAlert, ChannelState, Delivery, SendClaim, Suppression
 from channels.providers.aliyun_sms import AliyunSms
 from channels.sending import SENDING_LEASE
 from channels.settings import get_channel_settings
@@ -514,6 +514,14 @@ def test_a_claim_left_by_a_stopped_worker_is_checked_not_resent(
             status="sending",
         )
         session.add(reserved)
+        session.flush()
+        # The run's ledger: the first claimed, no answer noted; the other never claimed.
+        session.add_all(
+            [
+                SendClaim(delivery_id=sent.id, claimed_at=clock.now()),
+                SendClaim(delivery_id=reserved.id),
+            ]
+        )
     # Within the lease nothing is touched: the worker may still be sending.
     assert tasks.send_delivery(str(sent.id)) == "sending"
     assert tasks.resume_due() == 0

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from channels import service, tasks
-from channels.models import ChannelAlert, Delivery
+from channels import sending, service, tasks
+from channels.models import ChannelAlert, Delivery, SendClaim
 from channels.settings import get_channel_settings
 from core import db, feed
 from core.clock import clock
@@ -152,6 +152,10 @@ def create_robot(client: TestClient, admin_key: str, **body: Any) -> str:
     return str(answer.json()["id"])
 
 
+def sales_robot(client: TestClient, admin_key: str, robots: FakeRobots) -> str:
+    return create_robot(client, admin_key, name="Sales", kind="wecom", webhook_url=robots.wecom_url)
+
+
 def test_wecom_and_dingtalk_robots_post_markdown(
     channels_env: None, robots: FakeRobots, client: TestClient, admin_key: str, now: None
 ) -> None:
@@ -233,9 +237,7 @@ def test_dingtalk_with_a_wrong_secret_fails_with_the_reason(
 def test_robot_messages_over_20_a_minute_wait_and_are_coalesced(
     channels_env: None, robots: FakeRobots, client: TestClient, admin_key: str, now: None
 ) -> None:
-    robot = create_robot(
-        client, admin_key, name="Sales", kind="wecom", webhook_url=robots.wecom_url
-    )
+    robot = sales_robot(client, admin_key, robots)
     contact_id = make_contact()
     ids = [
         send(
@@ -255,3 +257,36 @@ def test_robot_messages_over_20_a_minute_wait_and_are_coalesced(
     content = robots.posts[-1][1]["markdown"]["content"]
     assert [f"lead {i}" in content for i in range(20, 26)] == [True] * 6
     assert {delivery(i).status for i in ids} == {"sent"}
+
+
+def test_a_robot_post_left_by_a_stopped_worker_is_not_posted_again(
+    channels_env: None, robots: FakeRobots, client: TestClient, admin_key: str, now: None
+) -> None:
+    robot = sales_robot(client, admin_key, robots)
+    contact_id = make_contact()
+    posted = send("wecom", "n1", contact_id, target={"robot_id": robot}, context={"text": "a"})
+    assert delivery(posted).status == "sent" and len(robots.posts) == 1
+    with db.session_scope() as session:
+        assert session.scalars(select(SendClaim)).all() == []  # recorded, ledger released
+        # As a worker killed during the post leaves it: claimed, committed, no answer.
+        stopped = Delivery(
+            idempotency_key="n2",
+            contact_id=contact_id,
+            channel="wecom",
+            status="sending",
+            to_address=robot,
+            target={"robot_id": robot},
+            context={"text": "b"},
+            sending_at=clock.now(),
+        )
+        session.add(stopped)
+        session.flush()
+        session.add(SendClaim(delivery_id=stopped.id, claimed_at=clock.now()))
+
+    # Within the lease nothing is touched: the worker may still be posting.
+    assert tasks.send_delivery(str(stopped.id)) == "sending"
+    clock.advance(sending.SENDING_LEASE + timedelta(seconds=1))
+    assert tasks.resume_due() == 0
+    record = delivery(stopped.id)
+    assert (record.status, record.error_code) == ("failed", "ambiguous_send")
+    assert len(robots.posts) == 1

@@ -1,6 +1,7 @@
 """A real Celery worker SIGKILLed in the middle of a batch of emails, while the SMTP server holds
-one message without answering, then restarted: no email goes out twice, the unsent ones go out,
-and the one whose fate is unknown is failed with the reason instead of being resent."""
+one message without answering, then restarted: no email goes out twice, the ones sent before the
+kill are recorded from the answers noted in the claim ledger, the unsent ones go out, and the one
+whose fate is unknown is failed with the reason instead of being resent."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import func, select, update
 
 from capture.models import Contact
-from channels.models import Delivery, Template
+from channels.models import Delivery, SendClaim, Template
 from channels.sending import SENDING_LEASE
 from core.db import session_scope
 from tests.channels.fakes import MailHandler, free_port
@@ -106,6 +107,16 @@ def statuses() -> Counter[tuple[str, bool]]:
     return Counter({(status, claimed): count for status, claimed, count in rows})
 
 
+def ledger() -> Counter[str]:
+    """The claim-before-send ledger rows, by how far their message got."""
+    with session_scope() as session:
+        rows = session.execute(select(SendClaim.claimed_at, SendClaim.result)).all()
+    return Counter(
+        "reserved" if claimed_at is None else "claimed" if result is None else "answered"
+        for claimed_at, result in rows
+    )
+
+
 def settled() -> bool:
     return not {status for status, _ in statuses()} & {"queued", "sending", "deferred"}
 
@@ -147,9 +158,11 @@ def test_worker_killed_mid_batch_sends_nothing_twice(
         worker.wait(timeout=30)
     finally:
         mailbox.release.set()
-    # One batch took all ten: three went out and were recorded, the fourth was claimed and is
-    # in the server's hands, the other six were reserved and never left.
-    assert statuses() == {("sent", True): 3, ("sending", True): 1, ("sending", False): 6}
+    # One batch took all ten: three went out and their answers were noted in the ledger, the
+    # fourth was claimed and is in the server's hands, the other six were reserved and never
+    # left. The batch's outcomes were not yet recorded on the deliveries.
+    assert statuses() == {("sending", False): EMAILS}
+    assert ledger() == {"answered": 3, "claimed": 1, "reserved": 6}
     assert len(mailbox.messages) == STALL_AT
 
     with session_scope() as session:
@@ -169,6 +182,7 @@ def test_worker_killed_mid_batch_sends_nothing_twice(
     received = Counter(recipient for mail in mailbox.messages for recipient in mail.recipients)
     assert received == {f"buyer{i}@example.cn": 1 for i in range(EMAILS)}
     assert statuses() == {("sent", True): EMAILS - 1, ("failed", True): 1}
+    assert ledger() == {}
     with session_scope() as session:
         ambiguous = session.scalar(select(Delivery).where(Delivery.status == "failed"))
         assert ambiguous is not None and ambiguous.error_code == "ambiguous_send"

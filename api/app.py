@@ -17,12 +17,11 @@ from capture.snippet_router import router as snippet_router
 from capture.tracking_router import CaptureFastPath
 from capture.tracking_router import router as tracking_router
 from channels.router import router as channels_router
-from core import feed
 from handoff.router import router as handoff_router
 from journeys.router import router as journeys_router
 from scoring.router import router as scoring_router
 from worker.app import celery_app
-from worker.tasks import request_dispatch
+from worker.tasks import dispatch_on_commit
 
 
 def create_server_app() -> ASGIApp:
@@ -30,7 +29,7 @@ def create_server_app() -> ASGIApp:
     machinery (their routes in the FastAPI app serve the docs and the same handler).
     A request that publishes changes asks for a feed dispatch when it commits, as workers do,
     so journeys, scoring and handoff react within moments rather than at the next beat."""
-    feed.on_commit_dispatch(request_dispatch)
+    dispatch_on_commit()
     app = CaptureFastPath(create_app())
     gc.freeze()  # what is loaded by now lives as long as the server: spare the collector it
     return app

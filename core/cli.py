@@ -163,13 +163,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _ingest_process() -> None:
     import logging
 
-    import worker.tasks  # noqa: F401  (each commit that stored events asks for a feed dispatch)
     from capture.ingest import run_forever
+    from worker.tasks import dispatch_on_commit
 
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s: %(levelname)s/ingest] %(message)s"
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    dispatch_on_commit()  # each commit that stored events asks for a feed dispatch
     run_forever()
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from capture.queue import reset_queue
 from capture.sources import create_source, write_keys
 from channels.settings import get_channel_settings
-from core import db, settings
+from core import db, feed, settings
 from core.clock import clock
 from core.keys import Role, create_api_key
 from core.migrate import upgrade
@@ -137,6 +137,9 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     chosen.activate()
     truncate_all(chosen)
     clock.unfreeze()
+    # A test dispatches the feed when it chooses, even after an earlier test started a server
+    # in this process (which asks for a dispatch at every commit).
+    feed.on_commit_dispatch(None)
     yield chosen
     clock.unfreeze()
     db.get_engine().dispose()
@@ -149,6 +152,9 @@ def pg_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     chosen.activate()
     truncate_all(chosen)
     clock.unfreeze()
+    # A test dispatches the feed when it chooses, even after an earlier test started a server
+    # in this process (which asks for a dispatch at every commit).
+    feed.on_commit_dispatch(None)
     yield chosen
     clock.unfreeze()
     db.get_engine().dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
+from celery import signals
 from sqlalchemy.orm import Session
 
 from core import feed
@@ -55,4 +56,13 @@ def forget_dispatch_request() -> None:
         client.delete(dispatch_request_key())
 
 
-feed.on_commit_dispatch(request_dispatch)
+def dispatch_on_commit() -> None:
+    """Makes each commit of this process that published changes ask for a dispatch (worker,
+    ingest and server processes; not a test process, which dispatches when it chooses)."""
+    feed.on_commit_dispatch(request_dispatch)
+
+
+@signals.worker_init.connect
+@signals.worker_process_init.connect
+def _in_worker_processes(**_kwargs: object) -> None:
+    dispatch_on_commit()

@@ -21,12 +21,17 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, utcnow
 
 SETTINGS_ROW_ID = 1
+# The predictive label: "became an opportunity within this many days". Long enough to cover
+# the time from the behaviour that predicts an opportunity to the opportunity (B2B: weeks to
+# months); a short window teaches the model when someone converts rather than whether.
+DEFAULT_LABEL_DAYS = 60
 
 
 class ScoringSettings(Base):
@@ -39,7 +44,7 @@ class ScoringSettings(Base):
     mql_threshold: Mapped[float] = mapped_column(Float, default=60.0)
     mql_min_grade: Mapped[str] = mapped_column(String(1), default="C")
     grade_thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    label_days: Mapped[int] = mapped_column(Integer, default=30)
+    label_days: Mapped[int] = mapped_column(Integer, default=DEFAULT_LABEL_DAYS)
     min_positives: Mapped[int] = mapped_column(Integer, default=100)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -91,6 +96,15 @@ class ScoreEntry(Base):
     __table_args__ = (
         UniqueConstraint("rule_id", "event_id"),
         Index("ix_score_ledger_contact_occurred", "contact_id", "occurred_at"),
+        # Only journey steps' lines carry a key; rule and decay lines (millions, written by
+        # rescoring) stay out of the index.
+        Index(
+            "uq_score_ledger_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -104,6 +118,8 @@ class ScoreEntry(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
     note: Mapped[str | None] = mapped_column(Text)
     actor_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # A journey step's key: the step run again adds no second line.
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
 
 
 class ContactScore(Base):

@@ -94,7 +94,14 @@ class SettingsUpdate(BaseModel):
     mql_threshold: Points | None = None
     mql_min_grade: Grade | None = None
     grade_thresholds: dict[str, float] | None = None
-    label_days: int | None = Field(default=None, strict=True, ge=1, le=365)
+    label_days: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=365,
+        description="The predictive label: became an opportunity within this many days of a "
+        "snapshot (default 60). Training needs two such windows of history.",
+    )
     min_positives: int | None = Field(default=None, strict=True, ge=1, le=1_000_000)
 
 

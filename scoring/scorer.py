@@ -29,6 +29,7 @@ from scoring.engine import (
     rescore,
 )
 from scoring.models import (
+    DEFAULT_LABEL_DAYS,
     SETTINGS_ROW_ID,
     ContactScore,
     LifecycleTransition,
@@ -58,7 +59,7 @@ def scoring_settings(session: Session) -> ScoringSettings:
             mql_threshold=60.0,
             mql_min_grade="C",
             grade_thresholds=DEFAULT_GRADE_THRESHOLDS,
-            label_days=30,
+            label_days=DEFAULT_LABEL_DAYS,
             min_positives=100,
             updated_at=now,
         )

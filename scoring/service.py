@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from capture.models import Company, Contact, Event
 from core.clock import clock
+from core.db import dialect_insert
+from core.models import table_of
 from core.tasks import enqueue_after_commit
 from scoring import lifecycle, scorer, tasks
 from scoring.engine import DECAY, MANUAL, RULE, active_rules, current_score, decayed, rescore
@@ -291,22 +293,41 @@ def breakdown(session: Session, contact_id: uuid.UUID, limit: int) -> ScoreBreak
 
 
 def adjust_score(
-    session: Session, contact_id: uuid.UUID, body: AdjustmentCreate, actor_key_id: uuid.UUID
+    session: Session,
+    contact_id: uuid.UUID,
+    body: AdjustmentCreate,
+    actor_key_id: uuid.UUID | None,
+    idempotency_key: str | None = None,
 ) -> ScoreEntry:
-    """A manual adjustment: a ledger line of its own that decays like any other."""
+    """A manual adjustment: a ledger line of its own that decays like any other. Under an
+    idempotency key (a journey step's) a second adjustment returns the first line and
+    changes nothing."""
     get_contact(session, contact_id)
     now = clock.now()
-    entry = ScoreEntry(
-        contact_id=contact_id,
-        cause=MANUAL,
-        points=body.points,
-        occurred_at=now,
-        recorded_at=now,
-        note=body.note,
-        actor_key_id=actor_key_id,
+    line = {
+        "contact_id": contact_id,
+        "cause": MANUAL,
+        "points": body.points,
+        "occurred_at": now,
+        "recorded_at": now,
+        "note": body.note,
+        "actor_key_id": actor_key_id,
+        "idempotency_key": idempotency_key,
+    }
+    entry_id = session.scalar(
+        dialect_insert(session, table_of(ScoreEntry))
+        .values(line)
+        .on_conflict_do_nothing(
+            index_elements=["idempotency_key"],
+            index_where=ScoreEntry.idempotency_key.is_not(None),
+        )
+        .returning(ScoreEntry.id)
     )
-    session.add(entry)
-    session.flush()
+    if entry_id is None:
+        return session.scalars(
+            select(ScoreEntry).where(ScoreEntry.idempotency_key == idempotency_key)
+        ).one()
+    entry = session.get_one(ScoreEntry, entry_id)
     rescore(session, scorer.knobs(session, now), active_rules(session, FIT), now, [contact_id])
     scorer.promote_mqls(session, now, [contact_id])
     return entry

@@ -4,7 +4,7 @@ rule scores in `contact_scores` so segments, journeys and routing can use them."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 import orjson
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from capture.models import Contact
 from core.clock import clock
-from core.db import copy_rows, is_postgres
+from core.db import is_postgres
 from core.models import table_of
 from core.settings import get_settings
 from scoring.engine import active_rules, rescore
@@ -91,11 +91,10 @@ def write(
                 " ON COMMIT DROP"
             )
         )
-        copy_rows(
+        copy_text(
             session,
-            "scoring_predictions",
-            ["contact_id", "probability", "factors"],
-            ((cid, p, orjson.dumps(words).decode()) for cid, p, words in results),
+            "COPY scoring_predictions (contact_id, probability, factors) FROM STDIN",
+            (f"{cid}\t{p!r}\t{copy_escaped(orjson.dumps(words))}\n" for cid, p, words in results),
         )
         session.execute(
             text(
@@ -119,3 +118,23 @@ def write(
         ),
         [{"b_id": cid, "probability": p, "factors": words} for cid, p, words in results],
     )
+
+
+def copy_escaped(json: bytes) -> str:
+    """JSON as a COPY text field: JSON never holds a raw tab or newline, but its backslashes
+    (escapes such as \\") must be doubled."""
+    return json.decode().replace("\\", "\\\\")
+
+
+def copy_text(session: Session, statement: str, lines: Iterable[str]) -> None:
+    """COPY … FROM STDIN in text format, written in large blocks rather than row by row. Each
+    line must already be escaped (a backslash doubled; tabs and newlines only as separators)."""
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(statement) as copy:
+        block: list[str] = []
+        for line in lines:
+            block.append(line)
+            if len(block) == 10_000:
+                copy.write("".join(block))
+                block.clear()
+        copy.write("".join(block))

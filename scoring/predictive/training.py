@@ -37,6 +37,9 @@ from scoring.scorer import scoring_settings
 
 OUTCOME_STAGES = ("opportunity", "customer")
 MAX_TRAINING_CUTOFFS = 6
+# Snapshots every two weeks: with a long label window their windows overlap, which is fine for
+# training and gives several times the rows of back-to-back windows.
+TRAINING_CUTOFF_STEP_DAYS = 14
 MIN_HOLDOUT_POSITIVES = 10
 
 
@@ -84,7 +87,7 @@ def cutoffs(session: Session, now: datetime, label_days: int) -> tuple[datetime,
     label windows all end by the holdout cutoff."""
     holdout = now - timedelta(days=label_days)
     first_event = session.scalar(select(func.min(Event.timestamp)))
-    step = timedelta(days=max(7, label_days // 2))
+    step = timedelta(days=TRAINING_CUTOFF_STEP_DAYS)
     training: list[datetime] = []
     cutoff = holdout - timedelta(days=label_days)
     while (
@@ -192,7 +195,7 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
             f"there is no history to train on: training needs contacts seen more than "
             f"{2 * label_days} days ago (two label windows of {label_days} days)",
         )
-    values = np.concatenate([s.frame.values for s in train])
+    history = features.FeatureFrame.concatenate([s.frame for s in train])
     labels = np.concatenate([s.labels for s in train])
     positives = int(labels.sum())
     if positives < settings.min_positives:
@@ -211,8 +214,8 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
             f"positive outcomes; at least {MIN_HOLDOUT_POSITIVES} (and some negatives) are needed",
         )
 
-    model = ScoringModel(values, labels)
-    probabilities = model.predict(holdout.frame.values)
+    model = ScoringModel(history, labels)
+    probabilities = model.predict(holdout.frame)
     report = metrics(holdout.labels, probabilities)
     rule_scores = rule_scores_at(session, holdout_cutoff, holdout.frame.contact_ids)
     report["rule_score_roc_auc"] = round(float(roc_auc_score(holdout.labels, rule_scores)), 4)
@@ -233,7 +236,7 @@ def retrain(session: Session, now: datetime | None = None) -> PredictiveModel:
         reason = f"v{current.version} was trained by an older version and cannot be compared"
         current.status = "retired"
     elif current is not None and previous is not None:
-        previous_auc = float(roc_auc_score(holdout.labels, previous.predict(holdout.frame.values)))
+        previous_auc = float(roc_auc_score(holdout.labels, previous.predict(holdout.frame)))
         report["previous_roc_auc"] = round(previous_auc, 4)
         if report["roc_auc"] >= round(previous_auc, 4):
             reason = (

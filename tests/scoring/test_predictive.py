@@ -15,25 +15,29 @@ from sqlalchemy import delete, func, select, update
 from capture.models import Event, Visit
 from core.clock import clock
 from core.db import session_scope
-from scoring.models import ContactScore, PredictiveModel, ScoringSettings
+from scoring.models import DEFAULT_LABEL_DAYS, ContactScore, PredictiveModel, ScoringSettings
 from scoring.predictive import features, serving, training
 from scoring.predictive.model import (
+    CANDIDATE_FACTORS,
+    TOP_FACTORS,
     ArtifactOutdated,
     ArtifactTampered,
     ScoringModel,
     calibration_error,
     dump,
     load,
+    top_factors,
 )
 from scoring.simulation import simulate
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+def synthetic(rows: int, seed: int) -> tuple[features.FeatureFrame, np.ndarray, np.ndarray]:
     """Feature rows whose true probability is a known logistic function of three of them."""
     rng = random.Random(seed)
-    values = np.empty((rows, len(features.FEATURES)), dtype=object)
+    numeric = np.empty((rows, len(features.NUMERIC)))
+    categorical = np.empty((rows, len(features.CATEGORICAL)), dtype=object)
     probabilities = np.empty(rows)
     raw = []
     logged = {c.name for c in features.COUNTS} | {"visits", "recent_activity"}
@@ -61,35 +65,33 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             email_kind="company",
             first_channel=rng.choice(["paid_search", "direct"]),
         )
-        numeric = [
+        numeric[i] = [
             math.log1p(readable[name])
             if name in logged or name == "days_since_first_seen"
             else readable[name]
             for name in features.NUMERIC
         ]
-        values[i] = [*numeric, *(readable[name] for name in features.CATEGORICAL)]
+        categorical[i] = [readable[name] for name in features.CATEGORICAL]
         raw.append(readable)
     labels = (np.array([rng.random() for _ in range(rows)]) < probabilities).astype(int)
-    return values, labels, probabilities, raw
+    readable_columns = {key: np.array([row[key] for row in raw]) for key in raw[0]}
+    frame = features.FeatureFrame(list(range(rows)), numeric, categorical, readable_columns)  # type: ignore[arg-type]
+    return frame, labels, probabilities
 
 
 def test_the_model_is_calibrated_on_data_with_known_probabilities() -> None:
-    values, labels, _, _ = synthetic(20_000, seed=1)
-    model = ScoringModel(values, labels)
-    fresh, fresh_labels, truth, raw = synthetic(20_000, seed=2)
+    history, labels, _ = synthetic(20_000, seed=1)
+    model = ScoringModel(history, labels)
+    fresh, fresh_labels, truth = synthetic(20_000, seed=2)
     predicted = model.predict(fresh)
-    assert np.allclose(
-        predicted, model.calibrated.predict_proba(model.prepare.transform(fresh))[:, 1]
-    )
+    assert np.allclose(predicted, model.calibrated.predict_proba(model.prepared(fresh))[:, 1])
     assert calibration_error(fresh_labels, predicted) < 0.02
     assert np.abs(predicted - truth).mean() < 0.02
     ceiling = roc_auc_score(fresh_labels, truth)
     assert roc_auc_score(fresh_labels, predicted) > ceiling - 0.01
 
-    readable = {key: np.array([row[key] for row in raw]) for key in raw[0]}
-    frame = features.FeatureFrame(list(range(len(raw))), fresh, readable)  # type: ignore[arg-type]
-    _, factors = model.score(frame)
-    hot = max(range(len(raw)), key=lambda i: truth[i])
+    _, factors = model.score(fresh)
+    hot = max(range(len(fresh)), key=lambda i: truth[i])
     assert any("pricing" in words for words in factors[hot])
     assert any("submitted 1 forms" in words for words in factors[hot])
     assert any("job title CTO" in words for words in factors[hot])
@@ -106,12 +108,13 @@ def test_training_with_no_history_is_refused(backend: object) -> None:
 
 def test_cold_start_keeps_the_rule_score(backend: object) -> None:
     clock.freeze(END)
-    simulate(400, 120, seed=2, end=END, progress=False)
+    simulate(400, 180, seed=2, end=END, progress=False)
     with session_scope() as session:
         with pytest.raises(training.TrainingError) as refused:
             training.retrain(session)
         assert refused.value.code == "cold_start"
         assert "at least 100 are needed" in refused.value.message
+        assert f"within {DEFAULT_LABEL_DAYS} days" in refused.value.message
         assert session.scalar(select(func.count()).select_from(PredictiveModel)) == 0
         assert serving.predict(session) == 0
         assert (
@@ -140,7 +143,8 @@ def test_features_read_nothing_from_the_prediction_cutoff_on(backend: object) ->
         after = features.build(session, cutoff, historical=True)
     assert identified_later and events_later > 500 and visits_later > 100
     assert after.contact_ids == before.contact_ids
-    assert (after.values == before.values).all()
+    assert (after.numeric == before.numeric).all()
+    assert (after.categorical == before.categorical).all()
     hidden = [i for i, c in enumerate(before.contact_ids) if c in identified_later]
     assert hidden
     for name in ("title", "industry", "size_band", "city", "email_kind"):
@@ -151,8 +155,8 @@ def test_features_read_nothing_from_the_prediction_cutoff_on(backend: object) ->
 class Guessing(ScoringModel):
     """A model no better than chance, to show a worse model never replaces a better one."""
 
-    def predict(self, values: np.ndarray) -> np.ndarray:
-        return np.random.default_rng(0).random(len(values))
+    def predict(self, frame: features.FeatureFrame) -> np.ndarray:
+        return np.random.default_rng(0).random(len(frame))
 
 
 def test_a_model_trained_on_history_beats_the_rule_score(
@@ -161,7 +165,8 @@ def test_a_model_trained_on_history_beats_the_rule_score(
     clock.freeze(END)
     simulate(6000, 180, seed=5, end=END, progress=False)
     with session_scope() as session:
-        session.execute(update(ScoringSettings).values(min_positives=50))
+        # A 30-day label (not the default 60) gives this small history enough training windows.
+        session.execute(update(ScoringSettings).values(min_positives=50, label_days=30))
         first = training.retrain(session)
         assert first.status == "active" and first.version == 1
         report = first.metrics
@@ -173,7 +178,7 @@ def test_a_model_trained_on_history_beats_the_rule_score(
         assert truth["contacts"] == first.holdout_rows and truth["positives"] > 0
         assert truth["true_probability_roc_auc"] > truth["rule_score_roc_auc"]
         assert first.train_positives >= 50 and first.holdout_positives >= 10
-        assert first.holdout_cutoff == END.replace(month=5, day=2)
+        assert first.holdout_cutoff == END - timedelta(days=30)
 
         assert serving.predict(session) == session.scalar(
             select(func.count()).select_from(ContactScore)
@@ -196,14 +201,95 @@ def test_a_model_trained_on_history_beats_the_rule_score(
 
 
 def test_a_tampered_artifact_is_never_loaded(backend: object) -> None:
-    values, labels, _, _ = synthetic(3000, seed=3)
-    artifact, signature = dump(ScoringModel(values, labels), "secret")
+    history, labels, _ = synthetic(3000, seed=3)
+    artifact, signature = dump(ScoringModel(history, labels), "secret")
     assert isinstance(load(artifact, signature, "secret"), ScoringModel)
     with pytest.raises(ArtifactTampered):
         load(artifact + b" ", signature, "secret")
     with pytest.raises(ArtifactTampered):
         load(artifact, signature, "another secret")
-    outdated = ScoringModel(values, labels)
+    outdated = ScoringModel(history, labels)
     outdated.format = 1
     with pytest.raises(ArtifactOutdated):
         load(*dump(outdated, "secret"), "secret")
+
+
+def reference_factors(frame: features.FeatureFrame, contributions: np.ndarray) -> list[list[str]]:
+    """Top factors row by row, as first written: the CANDIDATE_FACTORS features lifting a row
+    most, in order, worded one at a time, each distinct phrase once, at most TOP_FACTORS."""
+    factors = []
+    for row, lifts in enumerate(contributions):
+        words: list[str] = []
+        for index in np.argsort(-lifts, kind="stable")[:CANDIDATE_FACTORS]:
+            phrase = features.describe(features.FEATURES[index], frame.readable, row)
+            if lifts[index] > 0.01 and phrase and phrase not in words and len(words) < TOP_FACTORS:
+                words.append(phrase)
+        factors.append(words)
+    return factors
+
+
+def test_factors_worded_in_bulk_match_wording_row_by_row() -> None:
+    history, labels, _ = synthetic(5000, seed=4)
+    model = ScoringModel(history, labels)
+    fresh, _, _ = synthetic(2000, seed=5)
+    sizes = np.random.default_rng(5).choice([np.nan, 30, 250, 250, 4000], len(fresh))
+    fresh.readable["company_size"] = sizes
+    _, contributions = model.explain(fresh)
+    factors = top_factors(fresh, contributions)
+    assert factors == reference_factors(fresh, contributions)
+    assert sum(map(len, factors)) > 2000
+    # Title and title group word themselves alike: the phrase is given once.
+    assert all(len(set(words)) == len(words) for words in factors)
+
+
+def test_feature_words_a_rep_reads() -> None:
+    readable = {
+        "pricing_views_7d": np.array([3.0, 0.0]),
+        "visits": np.array([4.0, 1.0]),
+        "days_since_last_activity": np.array([0.4, 12.6]),
+        "company_size": np.array([250.0, np.nan]),
+        "title": np.array(["CTO", "unknown"], dtype=object),
+        "email_kind": np.array(["free", "unknown"], dtype=object),
+        "came_from_referral": np.array([True, False]),
+    }
+    rows = np.array([0, 1])
+
+    def words(feature: str) -> list[str | None]:
+        return features.describe_many(feature, readable, rows)
+
+    assert words("pricing_views_7d") == ["visited pricing 3 times this week", None]
+    assert words("visits") == ["came back 3 times", None]
+    assert words("days_since_last_activity") == ["active today", "last active 13 days ago"]
+    assert words("size_band") == ["company size 200–499", None]
+    assert words("title_group") == ["job title CTO", None]
+    assert words("email_kind") == ["uses a free email address", None]
+    assert words("came_from_referral") == ["came from a referral", None]
+
+
+def test_prediction_columns_arrive_the_same_as_rows(pg_backend: object) -> None:
+    """On PostgreSQL the feature query's columns come back as arrays; they hold exactly what
+    the rows hold."""
+    clock.freeze(END)
+    simulate(300, 60, seed=6, end=END, progress=False)
+    with session_scope() as session:
+        query = features.feature_query(END, historical=False)
+        columns = features.fetch_columns(session, query)
+        rows = session.execute(query).all()
+    assert len(rows) == len(columns["contact_id"]) == 300
+    by_id = {row.contact_id: row for row in rows}
+    for i, contact_id in enumerate(columns["contact_id"]):
+        assert tuple(columns[name][i] for name in features.query_names()) == tuple(
+            by_id[contact_id]
+        )
+
+
+def test_factors_with_quotes_and_backslashes_survive_the_copy(pg_backend: object) -> None:
+    clock.freeze(END)
+    simulate(300, 60, seed=7, end=END, progress=False)
+    words = ['job title "Head" of \\ IT', "based in 上海\tcity"]
+    with session_scope() as session:
+        contact_id = session.scalars(select(ContactScore.contact_id).limit(1)).one()
+        serving.write(session, [(contact_id, 0.25, words)], version=7, now=END)
+        row = session.get_one(ContactScore, contact_id)
+        session.refresh(row)
+        assert (row.probability, row.factors, row.model_version) == (0.25, words, 7)

@@ -109,8 +109,10 @@ def steps_per_second() -> None:
 def trigger_journeys() -> list[dict[str, Any]]:
     """200 entry triggers as a large tenant has them: events with property filters naming
     their own forms, campaigns, plans and thresholds (a few match any one event of the
-    batch), page visits, trait changes with conditions, and segment entries."""
+    batch), page visits by title and by path, trait changes with conditions, and segment
+    entries."""
     pages = [title for _, title in events.PAGES]
+    paths = [path for path, _ in events.PAGES if path != "/"]
     channels = ["paid_search", "social", "email", "organic_search", "referral"]
     titles = events.JOB_TITLES
     event_triggers: list[Callable[[int], dict[str, Any]]] = [
@@ -138,6 +140,14 @@ def trigger_journeys() -> list[dict[str, Any]]:
         lambda n: {
             "event": pages[n % len(pages)],
             "where": [_test("channel", "eq", channels[n % len(channels)])],
+        },
+        # Page views by path and channel: the snippet's page calls carry no event name.
+        lambda n: {
+            "call": "page",
+            "where": [
+                _test("path", "starts_with", paths[n // 8 % len(paths)]),
+                _test("channel", "eq", channels[n % len(channels)]),
+            ],
         },
     ]
     trait_triggers: list[Callable[[int], dict[str, Any]]] = [

@@ -634,6 +634,11 @@ class Compiler:
         ) / SECONDS_PER_DAY
         return ContactScore.behavior_score * func.power(0.5, age_days / half_life)
 
+    def trait_text(self, key: str) -> ColumnElement[str]:
+        """The contact's trait as text that compares in byte order; NULL unless a string."""
+        json_type = self._json_type(Contact.traits, key)
+        return self._ordered(self._typed(Contact.traits, key, json_type, "string"))
+
     def _compare(self, expr: Any, kind: str, op: str, value: Any) -> ColumnElement[bool]:
         if op == "in":
             return expr.in_(list(value))

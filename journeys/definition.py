@@ -2,8 +2,12 @@
 that never wait, templates that do not exist; every problem is named `nodes.<id>.<field>`.
 
     {"trigger": {"type": "event", "event": "Form Submitted", "where": [...]}
-                | {"type": "segment_entry", "segment_id": "..."}
+                | {"type": "event", "call": "page",
+                   "where": [{"field": "path", "op": "starts_with", "value": "/pricing"}]}
+                | {"type": "segment_entry" | "segment_exit", "segment_id": "..."}
                 | {"type": "trait_change", "trait": "plan", "condition": <condition>}
+                | {"type": "date_trait", "trait": "trial_ends_at", "offset_days": -3,
+                   "time": "09:00"}
                 | {"type": "manual"},
      "reentry": {"mode": "once" | "after_exit" | "every", "min_gap_hours": 24},
      "goal": <condition>,
@@ -52,6 +56,13 @@ EDGES: dict[str, tuple[str, ...]] = {
     "exit": (),
 }
 REENTRY_MODES = ("once", "after_exit", "every")
+DATE_TRAIT = "date_trait"
+MAX_OFFSET_DAYS = 3650
+DEFAULT_TRIGGER_TIME = "09:00"
+TIME_OF_DAY = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+TRIGGER_TYPES = "event, segment_entry, segment_exit, trait_change, date_trait, manual"
+# The Segment call types an event trigger or wait may name instead of (or beside) an event.
+CALL_TYPES = ("track", "page", "screen")
 MAX_POINTS = 10_000  # scoring's bound on one adjustment
 
 
@@ -143,19 +154,12 @@ def _edges(node: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _check_trigger(session: Session, trigger: Any, errors: dict[str, str]) -> None:
     if not isinstance(trigger, dict):
-        errors["trigger"] = (
-            "must be an object with a type: event, segment_entry, trait_change or manual"
-        )
+        errors["trigger"] = f"must be an object with a type, one of: {TRIGGER_TYPES}"
         return
     kind = trigger.get("type")
     if kind == "event":
-        if not isinstance(trigger.get("event"), str) or not 0 < len(trigger["event"]) <= 200:
-            errors["trigger.event"] = "must be an event name"
-        try:
-            parse_event_filters(trigger.get("where", []), "trigger.where")
-        except ConditionError as error:
-            errors[error.path] = error.message
-    elif kind == "segment_entry":
+        _check_event_match(trigger, "trigger", errors)
+    elif kind in ("segment_entry", "segment_exit"):
         try:
             segment_id = uuid.UUID(str(trigger.get("segment_id")))
         except ValueError:
@@ -168,8 +172,51 @@ def _check_trigger(session: Session, trigger: Any, errors: dict[str, str]) -> No
             errors["trigger.trait"] = "must be a trait name (letters, digits and _-$@, 1 to 100)"
         if trigger.get("condition") is not None:
             _condition(trigger["condition"], "trigger.condition", errors)
+    elif kind == DATE_TRAIT:
+        _check_date_trigger(trigger, errors)
     elif kind != "manual":
-        errors["trigger.type"] = "must be one of: event, segment_entry, trait_change, manual"
+        errors["trigger.type"] = f"must be one of: {TRIGGER_TYPES}"
+
+
+def _check_date_trigger(trigger: dict[str, Any], errors: dict[str, str]) -> None:
+    trait = trigger.get("trait")
+    if not isinstance(trait, str) or not KEY_PATTERN.fullmatch(trait):
+        errors["trigger.trait"] = (
+            "must name a trait holding an ISO-8601 date or UTC date-time"
+            " (letters, digits and _-$@, 1 to 100)"
+        )
+    offset = trigger.get("offset_days", 0)
+    if (
+        not isinstance(offset, int)
+        or isinstance(offset, bool)
+        or not -MAX_OFFSET_DAYS <= offset <= MAX_OFFSET_DAYS
+    ):
+        errors["trigger.offset_days"] = (
+            f"must be whole days from -{MAX_OFFSET_DAYS} to {MAX_OFFSET_DAYS}"
+            " (negative: before the date, 0: on the day, positive: after)"
+        )
+    at = trigger.get("time", DEFAULT_TRIGGER_TIME)
+    if not isinstance(at, str) or not TIME_OF_DAY.fullmatch(at):
+        errors["trigger.time"] = "must be a time of day as HH:MM, in the contact's time zone"
+
+
+def _check_event_match(spec: dict[str, Any], path: str, errors: dict[str, str]) -> None:
+    """The events an event trigger or a wait for an event takes: by name, by call type
+    (`call`; page views usually have no name), or both, with property filters."""
+    name, call = spec.get("event"), spec.get("call")
+    if call is not None and call not in CALL_TYPES:
+        errors[f"{path}.call"] = f"must be one of: {', '.join(CALL_TYPES)}"
+    if name is None and call is None:
+        errors[f"{path}.event"] = (
+            'is required: an event name, or a call type (e.g. "call": "page" for page'
+            " views, with filters on url or path)"
+        )
+    elif name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
+        errors[f"{path}.event"] = "must be an event name of 1 to 200 characters"
+    try:
+        parse_event_filters(spec.get("where", []), f"{path}.where")
+    except ConditionError as error:
+        errors[error.path] = error.message
 
 
 def _check_reentry(reentry: Any, errors: dict[str, str]) -> None:
@@ -241,9 +288,7 @@ def _check_node(session: Session, node: dict[str, Any], path: str, errors: dict[
     elif kind == "wait":
         duration(node.get("duration"), f"{path}.duration", errors)
     elif kind == "wait_until":
-        if not isinstance(node.get("time"), str) or not re.fullmatch(
-            r"([01]\d|2[0-3]):[0-5]\d", node["time"]
-        ):
+        if not isinstance(node.get("time"), str) or not TIME_OF_DAY.fullmatch(node["time"]):
             errors[f"{path}.time"] = "must be a time of day as HH:MM"
         weekdays = node.get("weekdays", [1, 2, 3, 4, 5, 6, 7])
         if (
@@ -266,12 +311,7 @@ def _check_node(session: Session, node: dict[str, Any], path: str, errors: dict[
         if not isinstance(offset, int) or isinstance(offset, bool) or abs(offset) > 87600:
             errors[f"{path}.offset_hours"] = "must be whole hours from -87600 to 87600"
     elif kind == "wait_for_event":
-        if not isinstance(node.get("event"), str) or not 0 < len(node["event"]) <= 200:
-            errors[f"{path}.event"] = "must be an event name"
-        try:
-            parse_event_filters(node.get("where", []), f"{path}.where")
-        except ConditionError as error:
-            errors[error.path] = error.message
+        _check_event_match(node, path, errors)
         duration(node.get("timeout"), f"{path}.timeout", errors)
         for edge in ("matched", "timed_out"):
             if node.get(edge) is None:

@@ -7,13 +7,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from capture.models import Contact, Event
 from core.clock import clock
-from journeys import engine
-from journeys.definition import nodes_by_id
+from journeys import date_triggers, engine
+from journeys.definition import DATE_TRAIT, nodes_by_id
 from journeys.models import Enrollment, Journey
 
 MADE_UP_SOURCE = uuid.UUID(int=0)
@@ -25,16 +25,46 @@ def dry_run(
     definition: dict[str, Any],
     contact_id: uuid.UUID | None,
     made_up: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
-    """Walks the definition for one contact; returns one line per node with the reason."""
+) -> dict[str, Any]:
+    """Walks the definition for one contact: how it would enter (`entry`), and one line per
+    node with the reason (`path`)."""
     if contact_id is not None:
-        return _walk(session, journey, definition, contact_id)
+        return _explained(session, journey, definition, contact_id)
     savepoint = session.begin_nested()
     try:
         fake_id = _insert_made_up(session, made_up or {})
-        return _walk(session, journey, definition, fake_id)
+        return _explained(session, journey, definition, fake_id)
     finally:
         savepoint.rollback()
+
+
+def _explained(
+    session: Session, journey: Journey, definition: dict[str, Any], contact_id: uuid.UUID
+) -> dict[str, Any]:
+    return {
+        "entry": entry_reason(session, definition["trigger"], contact_id),
+        "path": _walk(session, journey, definition, contact_id),
+    }
+
+
+def entry_reason(session: Session, trigger: dict[str, Any], contact_id: uuid.UUID) -> str:
+    """How the trigger would enroll the contact."""
+    kind = trigger["type"]
+    if kind == "event":
+        filters = " with property filters" if trigger.get("where") else ""
+        return f"enters when {engine.describe_awaited(trigger)}{filters} is stored"
+    if kind in ("segment_entry", "segment_exit"):
+        moment = "entering" if kind == "segment_entry" else "leaving"
+        return f"enters on {moment} segment {trigger['segment_id']}"
+    if kind == "trait_change":
+        condition = " and the condition holds" if trigger.get("condition") else ""
+        return f"enters when trait {trigger['trait']} changes{condition}"
+    if kind == DATE_TRAIT:
+        row = session.execute(
+            select(Contact.traits, Contact.timezone).where(Contact.id == contact_id)
+        ).one()
+        return date_triggers.explain(trigger, row.traits or {}, row.timezone)
+    return "enters only when enrolled by hand or through the API"
 
 
 def _insert_made_up(session: Session, made_up: dict[str, Any]) -> uuid.UUID:
@@ -62,13 +92,14 @@ def _insert_made_up(session: Session, made_up: dict[str, Any]) -> uuid.UUID:
                 source_id=MADE_UP_SOURCE,
                 message_id=f"dry-run-{contact_id}-{index}",
                 contact_id=contact_id,
-                type="track",
-                name=event["name"],
+                type=event.get("type", "track"),
+                name=event.get("name"),
                 properties=event.get("properties") or {},
                 context={},
                 timestamp=at,
                 received_at=at,
                 url=event.get("url"),
+                path=event.get("path"),
             )
         )
     return contact_id
@@ -109,8 +140,8 @@ def _walk(
         elif kind == "wait_for_event":
             timeout = engine.wake_time(session, probe, node, now) - now
             line["why"] = (
-                f"waits up to {timeout} for {node['event']}: if it happens the contact goes to "
-                f"{node['matched']}; shown here is the timeout path"
+                f"waits up to {timeout} for {engine.describe_awaited(node)}: if it happens"
+                f" the contact goes to {node['matched']}; shown here is the timeout path"
             )
             node_id = node["timed_out"]
         elif kind in ("wait", "wait_until"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -110,9 +110,15 @@ class Run:
         return {"id": self.id, **{name: getattr(self, name) for name in STATE_COLUMNS}}
 
 
-def enroll(session: Session, journey: Journey, contact_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+def enroll(
+    session: Session,
+    journey: Journey,
+    contact_ids: Iterable[uuid.UUID],
+    entry_keys: Mapping[uuid.UUID, str] | None = None,
+) -> list[uuid.UUID]:
     """Enrolls contacts in the journey's live version under its re-entry rules; returns the
-    contacts that went in. A contact already running in the journey is left where it is."""
+    contacts that went in. A contact already running in the journey is left where it is; a
+    contact given an entry key that an enrollment of this journey already holds stays out."""
     if journey.status != "published" or journey.live_version_id is None:
         return []
     version = session.get(JourneyVersion, journey.live_version_id)
@@ -120,12 +126,16 @@ def enroll(session: Session, journey: Journey, contact_ids: Iterable[uuid.UUID])
     ids = sorted(set(contact_ids))
     entered: list[uuid.UUID] = []
     for start in range(0, len(ids), ENROLL_BATCH):
-        entered += _enroll_batch(session, version, ids[start : start + ENROLL_BATCH])
+        batch = ids[start : start + ENROLL_BATCH]
+        entered += _enroll_batch(session, version, batch, entry_keys or {})
     return entered
 
 
 def _enroll_batch(
-    session: Session, version: JourneyVersion, contact_ids: list[uuid.UUID]
+    session: Session,
+    version: JourneyVersion,
+    contact_ids: list[uuid.UUID],
+    entry_keys: Mapping[uuid.UUID, str],
 ) -> list[uuid.UUID]:
     now = clock.now()
     wanted = set(
@@ -154,6 +164,7 @@ def _enroll_batch(
             "current_node": version.definition["start"],
             "next_run_at": now,
             "entered_at": now,
+            "entry_key": entry_keys.get(contact_id),
         }
         for contact_id in sorted(wanted)
     ]
@@ -382,7 +393,7 @@ class Batch:
             run.status = "waiting"
             run.waiting_since = self.now
             run.wake_at = run.next_run_at = outcome.wake_at
-            run.waiting_for_event = node.get("event") if node["type"] == "wait_for_event" else None
+            run.waiting_for_event = awaited(node) if node["type"] == "wait_for_event" else None
             return outcome.wake_at is None or outcome.wake_at <= self.now
         self.visits[(run.id, node["id"])] += 1
         run.status = "active"
@@ -567,6 +578,25 @@ def next_time_of_day(
     raise AssertionError("an allowed weekday always comes within a week")
 
 
+def awaited(node: dict[str, Any]) -> str:
+    """What a wait for an event is filed under: the event's name, or `call:<type>` when it
+    waits for a call type alone (page views have no name)."""
+    return node.get("event") or f"call:{node['call']}"
+
+
+def describe_awaited(spec: dict[str, Any]) -> str:
+    """An event trigger's or wait's event in words: `Form Submitted`, `a page call`."""
+    call = spec.get("call")
+    if spec.get("event") is None:
+        return f"a {call} call"
+    return spec["event"] + (f" ({call} call)" if call else "")
+
+
+def awaited_by(name: str | None, call_type: str | None) -> list[str]:
+    """The waits a stored event of this name and call type may end."""
+    return [key for key in (name, call_type and f"call:{call_type}") if key]
+
+
 def _latest_events(
     session: Session, node: dict[str, Any], runs: list[Run]
 ) -> dict[uuid.UUID, datetime]:
@@ -577,7 +607,8 @@ def _latest_events(
         select(Event.contact_id, func.max(Event.timestamp))
         .where(
             Event.contact_id.in_({run.contact_id for run in runs}),
-            Event.name == node["event"],
+            *([Event.name == node["event"]] if node.get("event") is not None else []),
+            *([Event.type == node["call"]] if node.get("call") is not None else []),
             Event.timestamp >= since,
             *compiler.event_filters(parse_event_filters(node.get("where", []), "where")),
         )
@@ -740,13 +771,14 @@ def _set_stages(
 
 def _adjust_score(session: Session, node: dict[str, Any], run: Run) -> StepOutcome:
     """Adds (or, when negative, subtracts) points as a manual ledger line of its own that
-    names the step; scoring rescoring may move the contact to MQL."""
+    names the step and is held once by the step's key; rescoring may move the contact to MQL."""
     note = node.get("note") or f"journey {run.journey_id} step {node['id']}"
     entry = scoring.adjust_score(
         session,
         run.contact_id,
         AdjustmentCreate(points=float(node["points"]), note=f"{note} ({run.key})"),
-        None,  # type: ignore[arg-type]  # a journey step acts for no API key
+        None,  # a journey step acts for no API key
+        idempotency_key=f"journey:{run.key}",
     )
     return StepOutcome("done", node.get("next"), {"points": entry.points, "entry_id": entry.id})
 

@@ -129,9 +129,10 @@ def stats(journey_id: uuid.UUID, session: SessionDep, _key: MarketerKey) -> dict
 def dry_run(
     journey_id: uuid.UUID, body: DryRunRequest, session: SessionDep, _key: MarketerKey
 ) -> dict[str, Any]:
-    """The path a real contact (`contact_id`) or a made-up one (`contact`: traits, events)
-    would take through the draft, node by node with the reason; nothing is changed or sent."""
+    """How a real contact (`contact_id`) or a made-up one (`contact`: traits, events) would
+    enter the draft (`entry`) and the path it would take (`path`), node by node with the
+    reason; nothing is changed or sent."""
     if (body.contact_id is None) == (body.contact is None):
         raise service.invalid({"contact_id": "give exactly one of contact_id and contact"})
     made_up = body.contact.model_dump() if body.contact is not None else None
-    return {"path": service.dry_run(session, journey_id, body.contact_id, made_up)}
+    return service.dry_run(session, journey_id, body.contact_id, made_up)

@@ -110,6 +110,16 @@ class Enrollment(UUIDPrimaryKey, Base):
             postgresql_where=text("status IN ('active', 'waiting')"),
             sqlite_where=text("status IN ('active', 'waiting')"),
         ),
+        # A date trigger enrolls a contact at most once per date value (its entry key).
+        Index(
+            "ix_enrollments_entry_key",
+            "journey_id",
+            "contact_id",
+            "entry_key",
+            unique=True,
+            postgresql_where=text("entry_key IS NOT NULL"),
+            sqlite_where=text("entry_key IS NOT NULL"),
+        ),
     )
 
     journey_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("journeys.id", ondelete="CASCADE"))
@@ -124,6 +134,7 @@ class Enrollment(UUIDPrimaryKey, Base):
     waiting_since: Mapped[datetime | None]
     waiting_for_event: Mapped[str | None] = mapped_column(String(200))
     entered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    entry_key: Mapped[str | None] = mapped_column(String(200))
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)
 

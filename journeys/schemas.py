@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SegmentCreate(BaseModel):
@@ -164,6 +164,7 @@ class EnrollmentRead(BaseModel):
     current_node: str
     next_run_at: datetime | None
     entered_at: datetime
+    entry_key: str | None = None
     finished_at: datetime | None
     outcome: str | None
     steps: list[StepRead] = Field(default_factory=list)
@@ -174,11 +175,22 @@ class SegmentEnrollRead(BaseModel):
 
 
 class MadeUpEvent(BaseModel):
+    """A made-up event: a `track` call with a name, or a `page` view (url, path; no name
+    needed)."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    type: Literal["track", "page", "screen"] = "track"
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     properties: dict[str, Any] = Field(default_factory=dict)
     url: str | None = Field(default=None, max_length=2000)
+    path: str | None = Field(default=None, max_length=2000)
     days_ago: float = Field(default=0, ge=0, le=3650)
+
+    @model_validator(mode="after")
+    def tracked_events_have_names(self) -> MadeUpEvent:
+        if self.type == "track" and self.name is None:
+            raise ValueError("a track event needs a name")
+        return self
 
 
 class MadeUpContact(BaseModel):

@@ -22,6 +22,7 @@ from core.db import bulk_insert, dialect_insert, is_postgres, plenty_of_work_mem
 from core.models import table_of
 from journeys.conditions import Compiler, ConditionError, Node, parse, segment_ids
 from journeys.models import DYNAMIC, STATIC, Segment, SegmentChange, SegmentMember
+from scoring import scorer
 
 SEGMENT_ENTERED = "segment_entered"
 SEGMENT_LEFT = "segment_left"
@@ -234,7 +235,9 @@ def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> No
 
 
 def subscribe() -> None:
-    feed.subscribe(FEED_CONSUMER, handle_changes)
+    # After scoring has handled a change, so that score, grade and stage conditions see the
+    # scores that change made.
+    feed.subscribe(FEED_CONSUMER, handle_changes, after=[scorer.FEED_CONSUMER])
 
 
 @dataclass

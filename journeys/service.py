@@ -15,7 +15,7 @@ from api.errors import ApiError
 from capture.models import Contact, Event
 from core import feed
 from core.clock import clock
-from journeys import engine, triggers
+from journeys import engine, segments, triggers
 from journeys.definition import DefinitionError, nodes_by_id, validate
 from journeys.dry_run import dry_run as run_dry
 from journeys.models import (
@@ -28,6 +28,7 @@ from journeys.models import (
     SegmentMember,
 )
 from journeys.segments import get_segment
+from scoring import scorer
 
 FEED_CONSUMER = "journeys.triggers"
 
@@ -37,8 +38,10 @@ def invalid(fields: dict[str, str]) -> ApiError:
     return ApiError(422, "invalid", message, fields)
 
 
-def conflict(message: str) -> ApiError:
-    return ApiError(409, "conflict", message)
+def conflict(field: str, message: str) -> ApiError:
+    """A request the journey's current state refuses (publishing while paused, enrolling a
+    contact twice): 422 like any bad input, naming the field the refusal is about."""
+    return ApiError(422, "invalid", message, {field: message})
 
 
 def get_journey(session: Session, journey_id: uuid.UUID) -> Journey:
@@ -73,7 +76,7 @@ def update_draft(
     """Edits the draft; contacts in flight keep running the published version."""
     journey = get_journey(session, journey_id)
     if journey.status == "archived":
-        raise conflict("an archived journey cannot be edited")
+        raise conflict("status", "an archived journey cannot be edited")
     if name is not None:
         journey.name = name
     if definition is not None:
@@ -86,7 +89,7 @@ def publish(session: Session, journey_id: uuid.UUID) -> JourneyVersion:
     """Freezes the draft as the next version and makes it the one new contacts enter."""
     journey = get_journey(session, journey_id)
     if journey.status not in ("draft", "published"):
-        raise conflict(f"a {journey.status} journey cannot be published; resume it first")
+        raise conflict("status", f"a {journey.status} journey cannot be published; resume it first")
     definition = check_definition(session, journey.draft)
     number = (
         session.scalar(
@@ -118,7 +121,9 @@ def pause(session: Session, journey_id: uuid.UUID) -> Journey:
     """Stops entries and steps; waiting contacts stay where they are."""
     journey = get_journey(session, journey_id)
     if journey.status != "published":
-        raise conflict(f"only a published journey can be paused, not a {journey.status} one")
+        raise conflict(
+            "status", f"only a published journey can be paused, not a {journey.status} one"
+        )
     journey.status = "paused"
     session.flush()
     return journey
@@ -127,7 +132,9 @@ def pause(session: Session, journey_id: uuid.UUID) -> Journey:
 def resume(session: Session, journey_id: uuid.UUID) -> Journey:
     journey = get_journey(session, journey_id)
     if journey.status != "paused":
-        raise conflict(f"only a paused journey can be resumed, not a {journey.status} one")
+        raise conflict(
+            "status", f"only a paused journey can be resumed, not a {journey.status} one"
+        )
     journey.status = "published"
     session.flush()
     return journey
@@ -137,7 +144,7 @@ def archive(session: Session, journey_id: uuid.UUID) -> Journey:
     """Ends the journey: running enrollments exit, triggers stop."""
     journey = get_journey(session, journey_id)
     if journey.status == "archived":
-        raise conflict("the journey is archived already")
+        raise conflict("status", "the journey is archived already")
     journey.status = "archived"
     session.execute(delete(JourneyTrigger).where(JourneyTrigger.journey_id == journey.id))
     now = clock.now()
@@ -163,7 +170,7 @@ def migrate_enrollments(session: Session, journey_id: uuid.UUID) -> tuple[int, i
     returns (moved, left on their old version)."""
     journey = get_journey(session, journey_id)
     if journey.live_version_id is None:
-        raise conflict("the journey has no published version")
+        raise conflict("version", "the journey has no published version")
     live = session.get(JourneyVersion, journey.live_version_id)
     assert live is not None
     older = (
@@ -187,7 +194,7 @@ def enroll_contact(session: Session, journey_id: uuid.UUID, contact_id: uuid.UUI
     """Manual or API enrollment of one contact; refused if it cannot enter now."""
     journey = get_journey(session, journey_id)
     if journey.status != "published":
-        raise conflict(f"a {journey.status} journey takes no enrollments")
+        raise conflict("status", f"a {journey.status} journey takes no enrollments")
     contact = session.get(Contact, contact_id)
     if contact is None or contact.merged_into_id is not None:
         raise invalid({"contact_id": f"contact {contact_id} does not exist"})
@@ -199,9 +206,13 @@ def enroll_contact(session: Session, journey_id: uuid.UUID, contact_id: uuid.UUI
         )
     )
     if running is not None:
-        raise conflict(f"contact {contact_id} is already in this journey (enrollment {running})")
+        raise conflict(
+            "contact_id", f"contact {contact_id} is already in this journey (enrollment {running})"
+        )
     if not engine.enroll(session, journey, [contact_id]):
-        raise conflict(f"the journey's re-entry rule keeps contact {contact_id} out for now")
+        raise conflict(
+            "contact_id", f"the journey's re-entry rule keeps contact {contact_id} out for now"
+        )
     enrollment = session.scalar(
         select(Enrollment).where(
             Enrollment.journey_id == journey_id,
@@ -217,7 +228,7 @@ def enroll_segment(session: Session, journey_id: uuid.UUID, segment_id: uuid.UUI
     """Enrolls every current member of a segment (re-entry rules apply); returns how many."""
     journey = get_journey(session, journey_id)
     if journey.status != "published":
-        raise conflict(f"a {journey.status} journey takes no enrollments")
+        raise conflict("status", f"a {journey.status} journey takes no enrollments")
     get_segment(session, segment_id)
     members = session.scalars(
         select(SegmentMember.contact_id).where(SegmentMember.segment_id == segment_id)
@@ -248,9 +259,9 @@ def dry_run(
     journey_id: uuid.UUID,
     contact_id: uuid.UUID | None,
     made_up: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
-    """The path a contact (real, or made up from traits and events) would take through the
-    journey's draft, and why; nothing is changed or sent."""
+) -> dict[str, Any]:
+    """How a contact (real, or made up from traits and events) would enter the journey's
+    draft and the path it would take, and why; nothing is changed or sent."""
     journey = get_journey(session, journey_id)
     definition = check_definition(session, journey.draft)
     if contact_id is not None and session.get(Contact, contact_id) is None:
@@ -334,13 +345,15 @@ def stats(session: Session, journey_id: uuid.UUID) -> dict[str, Any]:
 
 
 def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> None:
-    """Starts event and segment-entry triggers and wakes waiting contacts whose event came or
-    whose goal may be met, in one pass per batch: triggers are looked up by event name."""
+    """Starts event and segment-entry triggers and wakes waiting contacts whose event (by
+    name or call type) came or whose goal may be met, in one pass per batch: triggers are
+    looked up by event name or call type."""
     event_ids: dict[str, list[int]] = {}
     _wake_for_goals(session, {record.contact_id for record in records})
     for record in records:
-        if record.kind == feed.EVENT_STORED and record.payload.get("name"):
-            event_ids.setdefault(record.payload["name"], []).append(int(record.payload["event_id"]))
+        if record.kind == feed.EVENT_STORED:
+            for key in engine.awaited_by(record.payload.get("name"), record.payload.get("type")):
+                event_ids.setdefault(key, []).append(int(record.payload["event_id"]))
     if event_ids:
         _wake_waiting(session, event_ids)
     triggers.start_journeys(session, records)
@@ -370,7 +383,7 @@ def _wake_for_goals(session: Session, contact_ids: set[uuid.UUID]) -> None:
 
 def _wake_waiting(session: Session, event_ids: dict[str, list[int]]) -> None:
     contacts = select(Event.contact_id).where(
-        Event.id.in_([i for ids in event_ids.values() for i in ids])
+        Event.id.in_({i for ids in event_ids.values() for i in ids})
     )
     session.execute(
         update(Enrollment)
@@ -384,4 +397,8 @@ def _wake_waiting(session: Session, event_ids: dict[str, list[int]]) -> None:
 
 
 def subscribe() -> None:
-    feed.subscribe(FEED_CONSUMER, handle_changes)
+    # After segments (their entries and exits are triggers) and scoring (trigger conditions
+    # may test scores).
+    feed.subscribe(
+        FEED_CONSUMER, handle_changes, after=[scorer.FEED_CONSUMER, segments.FEED_CONSUMER]
+    )

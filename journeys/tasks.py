@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy.orm import Session
 
 from core.tasks import enqueue_after_commit, task
-from journeys import engine, segments, service
+from journeys import date_triggers, engine, segments, service
 
 SCHEDULER_BATCH = 2000
 # Enrollments one advance task runs together, in one transaction.
@@ -17,6 +17,13 @@ ADVANCE_BATCH = 500
 @task("journeys.rebuild_segments", queue="default", max_retries=3)
 def rebuild_segments(session: Session) -> int:
     return segments.rebuild_all(session)
+
+
+@task("journeys.start_date_triggers", queue="default", max_retries=3)
+def start_date_triggers(session: Session) -> int:
+    """Enrolls contacts whose date-trait trigger is due in their time zone (idempotent: run
+    it as often as the triggers' times of day need)."""
+    return date_triggers.start_due(session)
 
 
 @task("journeys.schedule", queue="default", max_retries=0)

@@ -1,14 +1,17 @@
 """Entry triggers of published journeys: which journeys a batch of changes starts, and for
-whom. Live triggers are held in memory, indexed by event name, segment and trait, and
-rebuilt when a journey is published, paused or archived; a batch then costs one dictionary
-look-up per change, and one read of the candidate events (and contacts) with a column per
-property filter (and condition) that fired, however many journeys there are."""
+whom. Live triggers are held in memory, indexed by event name (or, for triggers on a call
+type alone such as page views, which have no name, by call type), by segment entered or
+left and by trait, and rebuilt when a journey is published, paused or archived; a batch
+then costs a dictionary look-up or two per change, and one read of the candidate events
+(and contacts) with a column per property filter (and condition) that fired, however many
+journeys there are."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, select, true
@@ -21,10 +24,11 @@ from core.db import is_postgres
 from journeys import engine
 from journeys.conditions import Compiler, FieldTest, Node, parse, parse_event_filters
 from journeys.models import Journey, JourneyTrigger, JourneyVersion
-from journeys.segments import SEGMENT_ENTERED
+from journeys.segments import SEGMENT_ENTERED, SEGMENT_LEFT
 
 EVENT = "event"
-SEGMENT_ENTRY = "segment_entry"
+# Segment triggers and the segment changes that start them.
+SEGMENT_MOVES = {"segment_entry": SEGMENT_ENTERED, "segment_exit": SEGMENT_LEFT}
 TRAIT_CHANGE = "trait_change"
 ROWS_PER_STATEMENT = 1000
 
@@ -32,6 +36,7 @@ ROWS_PER_STATEMENT = 1000
 @dataclass(frozen=True)
 class EventTrigger:
     journey_id: uuid.UUID
+    call: str | None
     where: tuple[FieldTest, ...]
 
 
@@ -47,7 +52,9 @@ class TriggerIndex:
 
     fingerprint: tuple[tuple[uuid.UUID, uuid.UUID | None], ...] = ()
     by_event: dict[str, list[EventTrigger]] = field(default_factory=dict)
-    by_segment: dict[uuid.UUID, list[uuid.UUID]] = field(default_factory=dict)
+    by_call: dict[str, list[EventTrigger]] = field(default_factory=dict)
+    # Keyed by the segment change (entered or left) and the segment.
+    by_segment: dict[tuple[str, uuid.UUID], list[uuid.UUID]] = field(default_factory=dict)
     by_trait: dict[str, list[TraitTrigger]] = field(default_factory=dict)
 
 
@@ -84,10 +91,14 @@ def build_index(
         trigger = definition["trigger"]
         if trigger["type"] == EVENT:
             where = parse_event_filters(trigger.get("where", []), "trigger.where")
-            index.by_event.setdefault(trigger["event"], []).append(EventTrigger(journey_id, where))
-        elif trigger["type"] == SEGMENT_ENTRY:
-            segment_id = uuid.UUID(trigger["segment_id"])
-            index.by_segment.setdefault(segment_id, []).append(journey_id)
+            event_trigger = EventTrigger(journey_id, trigger.get("call"), where)
+            if trigger.get("event") is not None:
+                index.by_event.setdefault(trigger["event"], []).append(event_trigger)
+            else:
+                index.by_call.setdefault(trigger["call"], []).append(event_trigger)
+        elif trigger["type"] in SEGMENT_MOVES:
+            key = (SEGMENT_MOVES[trigger["type"]], uuid.UUID(trigger["segment_id"]))
+            index.by_segment.setdefault(key, []).append(journey_id)
         elif trigger["type"] == TRAIT_CHANGE:
             condition = trigger.get("condition")
             parsed = None if condition is None else parse(condition, "trigger.condition")
@@ -123,10 +134,15 @@ def start_journeys(session: Session, records: Sequence[feed.ChangeRecord]) -> No
     found = Matches()
     for record in records:
         if record.kind == feed.EVENT_STORED:
-            for event_trigger in index.by_event.get(record.payload.get("name") or "", ()):
-                found.events.setdefault(event_trigger, []).append(int(record.payload["event_id"]))
-        elif record.kind == SEGMENT_ENTERED:
-            for journey_id in index.by_segment.get(uuid.UUID(record.payload["segment_id"]), ()):
+            payload = record.payload
+            for event_trigger in chain(
+                index.by_event.get(payload.get("name") or "", ()),
+                index.by_call.get(payload.get("type") or "", ()),
+            ):
+                found.events.setdefault(event_trigger, []).append(int(payload["event_id"]))
+        elif record.kind in (SEGMENT_ENTERED, SEGMENT_LEFT):
+            key = (record.kind, uuid.UUID(record.payload["segment_id"]))
+            for journey_id in index.by_segment.get(key, ()):
                 found.add(journey_id, record.contact_id)
         elif record.kind == feed.TRAITS_CHANGED:
             for trait in changed_traits(record.payload):
@@ -152,7 +168,9 @@ def _tested(session: Session, found: Matches) -> list[tuple[uuid.UUID, uuid.UUID
     pairs: list[tuple[uuid.UUID, uuid.UUID]] = []
     event_triggers = list(found.events)
     wanted = [set(found.events[trigger]) for trigger in event_triggers]
-    tests = [and_(true(), *compiler.event_filters(t.where)) for t in event_triggers]
+    tests = [
+        and_(true(), *_call_is(t.call), *compiler.event_filters(t.where)) for t in event_triggers
+    ]
     for row in _rows(session, Event.id, Event.contact_id, tests, sorted(set().union(*wanted))):
         event_id, contact_id, *passed = row
         pairs += [
@@ -171,6 +189,10 @@ def _tested(session: Session, found: Matches) -> list[tuple[uuid.UUID, uuid.UUID
             if ok and contact_id in ids
         ]
     return pairs
+
+
+def _call_is(call: str | None) -> list[ColumnElement[bool]]:
+    return [] if call is None else [Event.type == call]
 
 
 def _rows(

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from core.settings import Settings, get_settings
+from core.tasks import DEFAULT_QUEUE, ROUTES
 
 TASK_MODULES = [
     "worker.tasks",
@@ -50,7 +51,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        task_default_queue="default",
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes=ROUTES,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         timezone="UTC",
@@ -64,6 +66,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "link-form-submissions": {"task": "capture.link_form_submissions", "schedule": 30.0},
             "resume-due-deliveries": {"task": "channels.resume_due", "schedule": 10.0},
             "rebuild-segments": {"task": "journeys.rebuild_segments", "schedule": 900.0},
+            "start-date-triggers": {"task": "journeys.start_date_triggers", "schedule": 300.0},
             "advance-journeys": {
                 "task": "journeys.schedule",
                 "schedule": 1.0,

@@ -9,13 +9,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from capture.models import Contact, Event
 from core import feed
 from core.clock import clock
 from core.db import session_scope
+from core.keys import Role
 from journeys import segments, service
+from tests.conftest import make_key
 
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
 SOURCE = uuid.UUID(int=7)
@@ -41,7 +44,7 @@ def make_contact(traits: dict[str, Any] | None = None, **columns: Any) -> uuid.U
 
 def make_event(
     contact_id: uuid.UUID,
-    name: str,
+    name: str | None,
     properties: dict[str, Any] | None = None,
     days_ago: float = 0,
     type: str = "track",
@@ -82,3 +85,10 @@ def dispatch() -> None:
         with session_scope() as session:
             if not feed.dispatch(session):
                 return
+
+
+def draft(client: TestClient, definition: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """A draft journey made through the API by a marketer, and the marketer's headers."""
+    headers = {"Authorization": f"Bearer {make_key(Role.marketer)}"}
+    body = {"name": "Draft", "definition": definition}
+    return client.post("/api/v1/journeys", json=body, headers=headers).json()["id"], headers

@@ -17,7 +17,7 @@ from journeys import engine, service
 from journeys.definition import DefinitionError, validate
 from journeys.models import Enrollment, EnrollmentStep
 from scoring import lifecycle
-from scoring.models import ScoreEntry
+from scoring.models import ContactScore, ScoreEntry
 from tests.conftest import Backend
 from tests.journeys.conftest import T0, make_contact, make_event
 from tests.journeys.test_engine import create_published, enrollment_of, path_of, tick
@@ -70,6 +70,39 @@ def test_score_points_are_added_then_subtracted_once_each(backend: Backend) -> N
     assert ledger(contact)[1][1] == f"went quiet ({enrollment_id}:penalty:1)"
     assert enrollment_of(contact).status == "completed"
     assert step_details(contact)["penalty"]["points"] == -10.0
+
+
+def test_a_score_step_run_again_under_its_key_adds_its_points_once(backend: Backend) -> None:
+    clock.freeze(T0)
+    node = {"id": "reward", "type": "adjust_score", "points": 25}
+    journey_id = create_published(
+        {"trigger": {"type": "manual"}, "start": "reward", "nodes": [node]}
+    )
+    contact = make_contact()
+    with session_scope() as session:
+        enrollment = service.enroll_contact(session, journey_id, contact)
+        step = engine.Run(
+            id=enrollment.id,
+            journey_id=journey_id,
+            version_id=enrollment.version_id,
+            contact_id=contact,
+            status="active",
+            current_node="reward",
+            next_run_at=None,
+            wake_at=None,
+            waiting_since=None,
+            waiting_for_event=None,
+            key=f"{enrollment.id}:reward:1",
+        )
+    entry_ids = []
+    for _ in range(2):  # the step, and the same step retried in a later transaction
+        with session_scope() as session:
+            outcome = engine.run_node(session, node, [step], clock.now())[step.id]
+            entry_ids.append(outcome.detail["entry_id"])
+    assert entry_ids[0] == entry_ids[1]
+    assert [points for points, _ in ledger(contact)] == [25.0]
+    with session_scope() as session:
+        assert session.get_one(ContactScore, contact).behavior_score == pytest.approx(25.0)
 
 
 def test_setting_the_lifecycle_stage_records_each_transition(backend: Backend) -> None:

@@ -64,7 +64,8 @@ def test_marketer_builds_publishes_and_watches_a_journey(
         json={"contact_id": str(contact)},
         headers=headers,
     )
-    assert twice.status_code == 409
+    assert twice.status_code == 422
+    assert "already in this journey" in twice.json()["error"]["fields"]["contact_id"]
     tick()
     clock.advance(timedelta(days=2))
     tick()
@@ -98,7 +99,8 @@ def test_marketer_builds_publishes_and_watches_a_journey(
     paused = client.post(f"/api/v1/journeys/{journey['id']}/pause", headers=headers)
     assert paused.json()["status"] == "paused"
     while_paused = client.post(f"/api/v1/journeys/{journey['id']}/publish", headers=headers)
-    assert while_paused.status_code == 409
+    assert while_paused.status_code == 422
+    assert "resume it first" in while_paused.json()["error"]["fields"]["status"]
     versions = client.get(f"/api/v1/journeys/{journey['id']}/versions", headers=headers).json()
     assert [v["number"] for v in versions] == [1]
 

@@ -1,24 +1,35 @@
 """Entry triggers: one batch of changes starts exactly the published journeys whose event
-(with property filters), segment or trait-change trigger it meets; the in-memory index
-follows publishing, pausing and archiving."""
+(by name or call type, with property filters), segment or trait-change trigger it meets; the
+in-memory index follows publishing, pausing and archiving. Page views, which carry no event
+name, start page triggers and end waits for a page view, through the real ingest path."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from capture.models import Contact, Event, Identity
 from core import feed
 from core.clock import clock
 from core.db import session_scope
 from journeys import segments, service
 from journeys.definition import DefinitionError, validate
 from journeys.models import Enrollment
-from tests.conftest import Backend
-from tests.journeys.conftest import T0, dispatch, make_contact, make_event, publish
-from tests.journeys.test_engine import create_published, last_event_id
+from scoring import scorer
+from tests.conftest import Backend, drain
+from tests.journeys.conftest import T0, dispatch, draft, make_contact, make_event, publish
+from tests.journeys.test_engine import (
+    create_published,
+    enrollment_of,
+    last_event_id,
+    path_of,
+    tick,
+)
 
 
 def entry(trigger: dict[str, Any]) -> dict[str, Any]:
@@ -118,19 +129,25 @@ def test_trait_change_trigger_with_a_condition(backend: Backend) -> None:
     assert enrolled() == {(became_pro, upgraded), (any_stage, promoted)}
 
 
-def test_segment_entry_starts_only_its_journeys(backend: Backend) -> None:
+def test_segment_entry_and_exit_start_only_their_journeys(backend: Backend) -> None:
     clock.freeze(T0)
     with session_scope() as session:
         vip = segments.create_segment(session, "VIP", "static", None).id
         other = segments.create_segment(session, "Other", "static", None).id
     journey = create_published(entry({"type": "segment_entry", "segment_id": str(vip)}))
     other_journey = create_published(entry({"type": "segment_entry", "segment_id": str(other)}))
+    left_vip = create_published(entry({"type": "segment_exit", "segment_id": str(vip)}))
     first, second = make_contact(), make_contact()
     with session_scope() as session:
         segments.add_members(session, vip, [first])
         segments.add_members(session, other, [second])
     dispatch()
     assert enrolled() == {(journey, first), (other_journey, second)}
+    with session_scope() as session:
+        segments.remove_members(session, vip, [first])
+        segments.remove_members(session, other, [second])
+    dispatch()
+    assert enrolled() == {(journey, first), (other_journey, second), (left_vip, first)}
 
 
 @pytest.mark.parametrize(
@@ -143,9 +160,152 @@ def test_segment_entry_starts_only_its_journeys(backend: Backend) -> None:
             "trigger.condition.field",
         ),
         ({"type": "date"}, "trigger.type"),
+        ({"type": "event"}, "trigger.event"),
+        ({"type": "event", "event": ""}, "trigger.event"),
+        ({"type": "segment_exit", "segment_id": str(uuid.UUID(int=5))}, "trigger.segment_id"),
+        ({"type": "event", "call": "click"}, "trigger.call"),
+        (
+            {"type": "event", "call": "page", "where": [{"field": "host", "op": "eq", "value": 1}]},
+            "trigger.where[0].field",
+        ),
     ],
 )
 def test_invalid_triggers_name_the_field(backend: Backend, trigger: Any, path: str) -> None:
     with session_scope() as session, pytest.raises(DefinitionError) as caught:
         validate(session, entry(trigger))
     assert path in caught.value.fields
+
+
+PRICING_VIEW = {
+    "type": "event",
+    "call": "page",
+    "where": [{"field": "url", "op": "contains", "value": "/pricing"}],
+}
+
+
+def test_a_page_view_without_a_name_starts_a_page_trigger(
+    backend: Backend, client: TestClient, write_key: str
+) -> None:
+    pricing = create_published(entry(PRICING_VIEW))
+    named_page = create_published(entry({"type": "event", "event": "Pricing", "call": "page"}))
+    any_pricing = create_published(entry({"type": "event", "event": "Pricing"}))
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
+
+    def send(kind: str, visitor: str, url: str, **fields: Any) -> None:
+        message = {"anonymousId": visitor, "context": {"page": {"url": url}}, **fields}
+        assert client.post(f"/v1/{kind}", json=message, headers=auth).status_code == 200
+
+    site = "https://www.example.com"
+    send("page", "reader", f"{site}/blog/lead-nurturing")
+    send("page", "buyer", f"{site}/pricing?plan=team")
+    send("page", "titled", f"{site}/plans", name="Pricing")
+    send("track", "clicker", f"{site}/pricing", event="Pricing")
+    assert drain() == 4
+    dispatch()
+
+    with session_scope() as session:
+        contacts = dict(session.execute(select(Identity.value, Identity.contact_id)).all())
+        unnamed = session.scalar(select(Event.name).where(Event.contact_id == contacts["buyer"]))
+    assert unnamed is None  # what the trigger index could not match by name
+    assert enrolled() == {
+        (pricing, contacts["buyer"]),
+        (named_page, contacts["titled"]),
+        (any_pricing, contacts["titled"]),
+        (any_pricing, contacts["clicker"]),
+    }
+
+
+def test_a_wait_for_a_page_view_ends_when_the_page_is_viewed(backend: Backend) -> None:
+    clock.freeze(T0)
+    journey = create_published(
+        {
+            "trigger": {"type": "manual"},
+            "start": "pricing",
+            "nodes": [
+                {
+                    "id": "pricing",
+                    **PRICING_VIEW,
+                    "type": "wait_for_event",
+                    "timeout": {"days": 7},
+                    "matched": "hot",
+                    "timed_out": "end",
+                },
+                {"id": "hot", "type": "update_contact", "add_tags": ["hot"], "next": "end"},
+                {"id": "end", "type": "exit"},
+            ],
+        }
+    )
+    contact = make_contact()
+    with session_scope() as session:
+        service.enroll_contact(session, journey, contact)
+    tick()
+    assert enrollment_of(contact).waiting_for_event == "call:page"
+
+    def view(url: str) -> None:
+        make_event(contact, None, type="page", url=url)
+        payload = {"event_id": last_event_id(), "type": "page", "name": None}
+        publish(feed.EVENT_STORED, contact, payload)
+
+    view("https://www.example.com/blog")
+    tick()
+    assert enrollment_of(contact).status == "waiting"
+    view("https://www.example.com/pricing")
+    tick()
+    assert enrollment_of(contact).status == "exited"
+    assert path_of(contact) == [
+        ("pricing", "waiting"),
+        ("pricing", "done"),
+        ("hot", "done"),
+        ("end", "done"),
+    ]
+    with session_scope() as session:
+        assert session.get_one(Contact, contact).tags == ["hot"]
+
+
+def test_a_dry_run_takes_made_up_page_views(backend: Backend, client: TestClient) -> None:
+    definition = {
+        "trigger": PRICING_VIEW,
+        "start": "viewed",
+        "nodes": [
+            {
+                "id": "viewed",
+                "type": "condition",
+                "condition": {
+                    "type": "page",
+                    "where": [{"field": "path", "op": "eq", "value": "/pricing/team"}],
+                },
+                "yes": "hot",
+                "no": "cold",
+            },
+            {"id": "hot", "type": "exit"},
+            {"id": "cold", "type": "exit"},
+        ],
+    }
+    journey_id, headers = draft(client, definition)
+    viewed = {"contact": {"events": [{"type": "page", "path": "/pricing/team", "days_ago": 1}]}}
+    answer = client.post(f"/api/v1/journeys/{journey_id}/dry-run", json=viewed, headers=headers)
+    assert answer.json()["entry"] == "enters when a page call with property filters is stored"
+    assert [line["node"] for line in answer.json()["path"]] == ["viewed", "hot"]
+
+    nameless = {"contact": {"events": [{"type": "track"}]}}
+    refused = client.post(f"/api/v1/journeys/{journey_id}/dry-run", json=nameless, headers=headers)
+    assert refused.status_code == 422
+    assert "needs a name" in str(refused.json()["error"]["fields"])
+
+
+def test_a_score_crossing_enters_a_score_segment_and_starts_its_journey(backend: Backend) -> None:
+    """A score change as an entry trigger: a dynamic segment on `score` and a segment_entry
+    trigger. Segments and triggers run after scoring has scored the same change."""
+    clock.freeze(T0)
+    scorer.subscribe()
+    with session_scope() as session:
+        scorer.scoring_settings(session)
+        hot = segments.create_segment(
+            session, "Hot", "dynamic", {"field": "score", "op": "gte", "value": 50}
+        ).id
+    journey = create_published(entry({"type": "segment_entry", "segment_id": str(hot)}))
+    keen, browsing = make_contact(), make_contact()
+    stored(keen, "form_submitted")  # +50 under the default rules
+    stored(browsing, "email_clicked")  # +5
+    dispatch()
+    assert enrolled() == {(journey, keen)}

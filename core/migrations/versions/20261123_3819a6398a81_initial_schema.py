@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: d24afbc297d4
+Revision ID: 3819a6398a81
 Revises: 
-Create Date: 2026-11-23 00:36:52.781042
+Create Date: 2026-11-23 04:07:38.287487
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'd24afbc297d4'
+revision: str = '3819a6398a81'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -201,6 +201,16 @@ def upgrade() -> None:
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_segments'))
+    )
+    op.create_table('send_claims',
+    sa.Column('delivery_id', sa.Uuid(), nullable=False),
+    sa.Column('claimed_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('result', sa.String(length=32), nullable=True),
+    sa.Column('code', sa.String(length=100), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('message_id', sa.String(length=200), nullable=True),
+    sa.Column('until', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('delivery_id', name=op.f('pk_send_claims'))
     )
     op.create_table('sim_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -543,6 +553,7 @@ def upgrade() -> None:
     sa.Column('waiting_since', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('waiting_for_event', sa.String(length=200), nullable=True),
     sa.Column('entered_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('entry_key', sa.String(length=200), nullable=True),
     sa.Column('finished_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('outcome', sa.Text(), nullable=True),
     sa.Column('id', sa.Uuid(), nullable=False),
@@ -554,6 +565,7 @@ def upgrade() -> None:
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_enrollments_contact_id'), ['contact_id'], unique=False)
         batch_op.create_index('ix_enrollments_due', ['next_run_at'], unique=False)
+        batch_op.create_index('ix_enrollments_entry_key', ['journey_id', 'contact_id', 'entry_key'], unique=True, postgresql_where=sa.text('entry_key IS NOT NULL'), sqlite_where=sa.text('entry_key IS NOT NULL'))
         batch_op.create_index('ix_enrollments_journey_contact', ['journey_id', 'contact_id'], unique=False)
         batch_op.create_index('ix_enrollments_one_running', ['journey_id', 'contact_id'], unique=True, postgresql_where=sa.text("status IN ('active', 'waiting')"), sqlite_where=sa.text("status IN ('active', 'waiting')"))
 
@@ -692,12 +704,14 @@ def upgrade() -> None:
     sa.Column('recorded_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('note', sa.Text(), nullable=True),
     sa.Column('actor_key_id', sa.Uuid(), nullable=True),
+    sa.Column('idempotency_key', sa.String(length=300), nullable=True),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_score_ledger_contact_id_contacts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_score_ledger')),
     sa.UniqueConstraint('rule_id', 'event_id', name=op.f('uq_score_ledger_rule_id_event_id'))
     )
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.create_index('ix_score_ledger_contact_occurred', ['contact_id', 'occurred_at'], unique=False)
+        batch_op.create_index('uq_score_ledger_idempotency_key', ['idempotency_key'], unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
 
     op.create_table('segment_members',
     sa.Column('segment_id', sa.Uuid(), nullable=False),
@@ -984,6 +998,7 @@ def downgrade() -> None:
 
     op.drop_table('segment_members')
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
+        batch_op.drop_index('uq_score_ledger_idempotency_key', postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
         batch_op.drop_index('ix_score_ledger_contact_occurred')
 
     op.drop_table('score_ledger')
@@ -1016,6 +1031,7 @@ def downgrade() -> None:
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
         batch_op.drop_index('ix_enrollments_one_running', postgresql_where=sa.text("status IN ('active', 'waiting')"), sqlite_where=sa.text("status IN ('active', 'waiting')"))
         batch_op.drop_index('ix_enrollments_journey_contact')
+        batch_op.drop_index('ix_enrollments_entry_key', postgresql_where=sa.text('entry_key IS NOT NULL'), sqlite_where=sa.text('entry_key IS NOT NULL'))
         batch_op.drop_index('ix_enrollments_due')
         batch_op.drop_index(batch_op.f('ix_enrollments_contact_id'))
 
@@ -1081,6 +1097,7 @@ def downgrade() -> None:
     op.drop_table('suppressions')
     op.drop_table('sources')
     op.drop_table('sim_runs')
+    op.drop_table('send_claims')
     op.drop_table('segments')
     op.drop_table('scoring_settings')
     op.drop_table('scoring_rules')

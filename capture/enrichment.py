@@ -22,6 +22,8 @@ MAX_VALUE_LENGTH = 200
 # ua-parser runs many regexes over the whole string: a bound keeps a hostile header cheap.
 MAX_USER_AGENT_LENGTH = 1000
 MAX_IP_LENGTH = 64
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,16 @@ def anonymize_ip(ip: str | None) -> str | None:
     (Google Analytics' rule); None for anything that is not an IP address."""
     if not isinstance(ip, str) or len(ip) > MAX_IP_LENGTH:
         return None
-    return _anonymize_ip_text(ip.strip())
+    ip = ip.strip()
+    if is_dotted_quad(ip):
+        return ip[: ip.rindex(".")] + ".0"
+    return _anonymize_ip_text(ip)
+
+
+def is_dotted_quad(ip: str) -> bool:
+    """Whether `ip` is an IPv4 address written as `ipaddress` writes it (no leading zeros):
+    the common case, checked without the cost of parsing it with `ipaddress`."""
+    return DOTTED_QUAD.fullmatch(ip) is not None
 
 
 @lru_cache(maxsize=4096)
@@ -296,6 +307,8 @@ def touch_for(url: str | None, referrer: str | None, campaign: dict | None = Non
 
 
 def _click_id(params: dict[str, str]) -> tuple[ClickIdKind | None, str | None]:
+    if not params:
+        return None, None
     for kind in CLICK_ID_KINDS:
         if value := _clean(params.get(kind.param)):
             return kind, value
@@ -361,7 +374,7 @@ def _same_host(referrer_host: str, page_host: str | None) -> bool:
 
 def _query_params(url: str | None) -> dict[str, str]:
     """Query parameters by lowercased name; the first of repeated names wins."""
-    if not isinstance(url, str):
+    if not isinstance(url, str) or "?" not in url:
         return {}
     params: dict[str, str] = {}
     try:
@@ -386,7 +399,7 @@ def _host(url: str | None) -> str | None:
 
 
 def _clean(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
     text = strip_control_characters(str(value)).strip()[:MAX_VALUE_LENGTH]
     return text or None

@@ -3,7 +3,8 @@
 On PostgreSQL the events are COPYed straight into the table with ids drawn from its sequence
 beforehand; a COPY that hits a messageId another worker stored meanwhile is undone (a
 savepoint) and the batch goes the careful way instead: staging table and INSERT … ON CONFLICT
-DO NOTHING. Elsewhere one INSERT … ON CONFLICT DO NOTHING.
+DO NOTHING. Elsewhere one INSERT … ON CONFLICT DO NOTHING. On PostgreSQL the `event_stored`
+changes are selected from the stored rows as the transaction commits (`feed.publish_selected`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import orjson
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from capture.copy_text import NULL, copy_lines, json_value, text_value, uuid_value
 from capture.models import Event
 from core import feed
-from core.db import copy_rows, insert_new, is_postgres
+from core.db import insert_new, is_postgres
 from core.models import table_of
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ EVENT_COLUMNS = (
     "browser",
     "ip",
 )
-_JSON_AT = (EVENT_COLUMNS.index("properties"), EVENT_COLUMNS.index("context"))
 
 
 class StoredEvent(NamedTuple):
@@ -99,35 +99,65 @@ def insert_events(session: Session, messages: list[Message]) -> list[StoredEvent
             owner_column="contact_id",
         )
         return [StoredEvent(*(getattr(row, f) for f in StoredEvent._fields)) for row in stored]
-    rows = [_copy_row(m) for m in messages]
-    ids = session.scalars(
-        text("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, :n)"),
-        {"n": len(rows)},
-    ).all()
+    lines = event_lines(messages)
+    ids: list[int] = session.scalar(
+        text(
+            "SELECT array_agg(nextval(pg_get_serial_sequence('events', 'id')))"
+            " FROM generate_series(1, :n)"
+        ),
+        {"n": len(lines)},
+    )
     try:
         with session.begin_nested():
-            copy_rows(
+            copy_lines(
                 session,
                 "events",
                 ("id", *EVENT_COLUMNS),
-                ((event_id, *row) for event_id, row in zip(ids, rows, strict=True)),
+                [f"{event_id}\t{line}" for event_id, line in zip(ids, lines, strict=True)],
             )
     except psycopg.errors.UniqueViolation:
-        return _insert_new_events(session, rows)
+        return _insert_new_events(session, lines)
     return [
         StoredEvent(event_id, m.source_id, m.message_id, m.contact_id, m.type, m.name)
         for event_id, m in zip(ids, messages, strict=True)
     ]
 
 
-def _copy_row(m: Message) -> tuple[Any, ...]:
-    row = list(event_row(m))
-    for index in _JSON_AT:
-        row[index] = orjson.dumps(row[index]).decode()
-    return tuple(row)
+def event_lines(messages: list[Message]) -> list[str]:
+    """Each message's event as a line of COPY text (EVENT_COLUMNS); times go as the
+    envelope's ISO 8601 strings the message was parsed from."""
+    value = text_value
+    return [
+        "\t".join(
+            (
+                m.source_id.hex,
+                value(m.message_id),
+                m.contact_id.hex,
+                value(m.type),
+                value(m.name),
+                value(m.anonymous_id),
+                value(m.user_id),
+                json_value(m.traits if m.type == "identify" else m.properties),
+                json_value(m.context),
+                m.envelope["timestamp"],
+                m.envelope.get("originalTimestamp") or NULL,
+                m.envelope["receivedAt"],
+                uuid_value(m.visit_id),
+                value(m.url),
+                value(m.path),
+                value(m.referrer),
+                value(m.channel),
+                value(m.device.device_type),
+                value(m.device.os),
+                value(m.device.browser),
+                value(m.ip),
+            )
+        )
+        for m in messages
+    ]
 
 
-def _insert_new_events(session: Session, rows: list[tuple[Any, ...]]) -> list[StoredEvent]:
+def _insert_new_events(session: Session, lines: list[str]) -> list[StoredEvent]:
     columns = ", ".join(EVENT_COLUMNS)
     session.execute(
         text(
@@ -135,7 +165,7 @@ def _insert_new_events(session: Session, rows: list[tuple[Any, ...]]) -> list[St
             f"SELECT {columns} FROM events WITH NO DATA"
         )
     )
-    copy_rows(session, "staging_ingest_events", EVENT_COLUMNS, rows)
+    copy_lines(session, "staging_ingest_events", EVENT_COLUMNS, lines)
     stored = session.execute(
         text(
             f"INSERT INTO events ({columns}) SELECT {columns} FROM staging_ingest_events "
@@ -147,8 +177,24 @@ def _insert_new_events(session: Session, rows: list[tuple[Any, ...]]) -> list[St
     return [StoredEvent(*row) for row in stored]
 
 
+# The changes of the stored events, read back by id in the order they were stored.
+_STORED_CHANGES = (
+    "SELECT CAST(:kind AS varchar), e.contact_id,"
+    " jsonb_build_object('event_id', e.id, 'type', e.type, 'name', e.name)"
+    " FROM unnest(CAST(:event_ids AS bigint[])) WITH ORDINALITY AS s(id, n)"
+    " JOIN events e ON e.id = s.id ORDER BY s.n"
+)
+
+
 def publish_stored(session: Session, stored: list[StoredEvent]) -> None:
     """One `event_stored` change per stored event, in the order the events were stored."""
+    if is_postgres(session):
+        if stored:
+            ids = ",".join(str(row.id) for row in stored)
+            feed.publish_selected(
+                session, _STORED_CHANGES, {"kind": feed.EVENT_STORED, "event_ids": f"{{{ids}}}"}
+            )
+        return
     feed.publish(
         session,
         (

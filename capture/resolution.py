@@ -50,6 +50,14 @@ class Resolver:
 
     def resolve(self, keys: list[IdentityKey]) -> uuid.UUID:
         """Returns the contact for a message with these keys, updating the batch's plan."""
+        if len(keys) == 1 and keys[0][0] == "anonymous":
+            # Most messages: an anonymous visitor, found or new; nothing to link or merge.
+            owner = self._owner(keys[0])
+            if owner is not None:
+                return owner
+            target = self._create(is_known=False)
+            self._attach(keys[0], target)
+            return target
         owners = {self._final(self.key_owner[k]) for k in keys if k in self.key_owner}
         known = sorted(
             (c for c in owners if self.contacts[c].is_known),

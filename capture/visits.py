@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from capture.copy_text import copy_lines, text_value, time_value
 from capture.enrichment import CLICK_ID_KINDS, Touch, touch_for
 from capture.models import Visit
 from core.db import bulk_insert, bulk_update, is_postgres
@@ -186,34 +187,56 @@ def _open(message: Message, touch: Touch) -> OpenVisit:
     return visit
 
 
+NEW_VISIT_COLUMNS = (
+    "id",
+    "contact_id",
+    "source_id",
+    "started_at",
+    "last_event_at",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "click_id_kind",
+    "click_id",
+    "landing_url",
+    "referrer",
+    "page_views",
+    "event_count",
+)
+
+
 def write_visits(session: Session, visits: Any, messages: list[Message]) -> None:
     openers = {m.visit_id: m for m in messages if m.touch is not None}
-    new_rows, changed_rows = [], []
+    new_rows: list[tuple[Any, ...]] = []
+    changed_rows = []
     for v in visits:
         if v.is_new:
             opener = openers[v.id]
             touch = opener.touch
             assert touch is not None
             new_rows.append(
-                {
-                    "id": v.id,
-                    "contact_id": v.contact_id,
-                    "source_id": v.source_id,
-                    "started_at": v.started_at,
-                    "last_event_at": v.last_event_at,
-                    "channel": v.channel,
-                    "utm_source": touch.source,
-                    "utm_medium": touch.medium,
-                    "utm_campaign": touch.campaign,
-                    "utm_term": touch.term,
-                    "utm_content": touch.content,
-                    "click_id_kind": touch.click_id_kind,
-                    "click_id": touch.click_id,
-                    "landing_url": opener.url,
-                    "referrer": opener.referrer,
-                    "page_views": v.page_views,
-                    "event_count": v.event_count,
-                }
+                (
+                    v.id,
+                    v.contact_id,
+                    v.source_id,
+                    v.started_at,
+                    v.last_event_at,
+                    v.channel,
+                    touch.source,
+                    touch.medium,
+                    touch.campaign,
+                    touch.term,
+                    touch.content,
+                    touch.click_id_kind,
+                    touch.click_id,
+                    opener.url,
+                    opener.referrer,
+                    v.page_views,
+                    v.event_count,
+                )
             )
         else:
             changed_rows.append(
@@ -224,6 +247,28 @@ def write_visits(session: Session, visits: Any, messages: list[Message]) -> None
                     "event_count": v.event_count,
                 }
             )
-    if new_rows:
-        bulk_insert(session, table_of(Visit), new_rows)
+    if new_rows and is_postgres(session):
+        copy_lines(session, "visits", NEW_VISIT_COLUMNS, [_visit_line(row) for row in new_rows])
+    elif new_rows:
+        bulk_insert(
+            session,
+            table_of(Visit),
+            [dict(zip(NEW_VISIT_COLUMNS, row, strict=True)) for row in new_rows],
+        )
     bulk_update(session, table_of(Visit), changed_rows)
+
+
+def _visit_line(row: tuple[Any, ...]) -> str:
+    (id_, contact_id, source_id, started_at, last_event_at, *texts, page_views, event_count) = row
+    return "\t".join(
+        (
+            id_.hex,
+            contact_id.hex,
+            source_id.hex,
+            time_value(started_at),
+            time_value(last_event_at),
+            *(text_value(value) for value in texts),
+            str(page_views),
+            str(event_count),
+        )
+    )

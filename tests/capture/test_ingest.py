@@ -269,6 +269,52 @@ def test_change_feed_records_events_and_trait_changes(client, write_key):
     ]
 
 
+def test_event_stored_changes_name_each_stored_event_in_storage_order(client, write_key):
+    send(
+        client,
+        write_key,
+        page("feed-reader", "https://www.example.com/", T0),
+        {"type": "track", "anonymousId": "feed-reader", "event": "Viewed Pricing",
+         "timestamp": (T0 + timedelta(minutes=1)).isoformat()},
+    )  # fmt: skip
+    drain()
+    send(client, write_key, page("feed-reader", "https://www.example.com/b", T0 + timedelta(1)))
+    drain()
+    [contact] = contacts()
+    with session_scope() as session:
+        stored = [r for r in feed.read_since(session, 0, 100) if r.kind == feed.EVENT_STORED]
+    events = sorted(events_of(contact.id), key=lambda event: event.id)
+    assert [(r.contact_id, r.payload) for r in stored] == [
+        (contact.id, {"event_id": e.id, "type": e.type, "name": e.name}) for e in events
+    ]
+    positions = [r.position for r in stored]
+    assert None not in positions and positions == sorted(positions)
+
+
+def test_backslashes_tabs_and_newlines_are_stored_exactly(client, write_key):
+    # Ids and names refuse control characters at capture; page fields and JSON keep these.
+    backslashes = "C:\\new\\table \\N end"
+    awkward = "col\tcol\nline\r\n" + backslashes
+    url = "https://www.example.com/a\\b?q=\\N\tx"
+    send(
+        client,
+        write_key,
+        page(
+            "anon\\N1",
+            url,
+            T0,
+            name=backslashes,
+            properties={"url": url, "referrer": "https://ref.example.org/\\y\n", "note": awkward},
+        ),
+    )
+    drain()
+    [contact] = contacts()
+    [event] = events_of(contact.id)
+    assert (event.anonymous_id, event.name) == ("anon\\N1", backslashes)
+    assert (event.url, event.referrer) == (url, "https://ref.example.org/\\y\n")
+    assert event.properties["note"] == awkward
+
+
 def test_control_characters_are_stripped_before_storage(client, write_key):
     send(
         client,

@@ -175,3 +175,34 @@ def test_a_consumer_after_another_sees_only_what_that_one_has_handled(
     with session_scope() as session:
         assert feed.dispatch_to(session, "second") == 3
     assert first.seen == second.seen == ids
+
+
+def test_changes_selected_in_the_database_come_numbered_after_the_others_at_commit(
+    pg_backend: Backend, only: dict[str, feed.Handler]
+) -> None:
+    recorder = Recorder()
+    only["recorder"] = recorder
+    contacts = [uuid.uuid4() for _ in range(3)]
+    selected = (
+        "SELECT CAST(:kind AS varchar), CAST(c AS uuid), jsonb_build_object('n', n)"
+        " FROM unnest(CAST(:contacts AS text[])) WITH ORDINALITY AS s(c, n) ORDER BY n"
+    )
+    params = {"kind": feed.EVENT_STORED, "contacts": "{" + ",".join(map(str, contacts)) + "}"}
+    with pytest.raises(RuntimeError), session_scope() as session:
+        feed.publish_selected(session, selected, params)
+        raise RuntimeError("rolled back")
+    assert publish(0) == []
+    with session_scope() as session:
+        feed.publish_selected(session, selected, params)
+        feed.publish(session, [feed.Change(feed.TRAITS_CHANGED, uuid.uuid4())])
+        pending = feed.read_since(session, 0, 100)
+        assert [r.kind for r in pending] == [feed.TRAITS_CHANGED]  # the selected wait for commit
+    assert feed.dispatch_each() == 4
+    with session_scope() as session:
+        records = feed.read_since(session, 0, 100)
+    assert [r.kind for r in records] == [feed.TRAITS_CHANGED] + [feed.EVENT_STORED] * 3
+    assert [(r.contact_id, r.payload) for r in records[1:]] == [
+        (contact, {"n": n}) for n, contact in enumerate(contacts, start=1)
+    ]
+    assert [r.position for r in records] == sorted(r.position for r in records)
+    assert recorder.seen == [r.id for r in records]

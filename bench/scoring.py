@@ -1,12 +1,14 @@
 """Scoring benchmarks on PostgreSQL: rescoring 1,000,000 contacts after a rule change, and, on
 a simulated population of 100,000 contacts, the predictive model's ROC AUC on its time-based
 holdout against its label and against the ground truth (an opportunity at any time), beside the
-rule score's and the true probabilities' (the ceiling), and the time to score all 100,000.
-The model is trained with the default settings a user gets (label window included).
+rule score's and the true probabilities' (the ceiling), and the time to score all 100,000
+(median of 3 runs). The model is trained with the default settings a user gets (label window
+included).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 
@@ -25,6 +27,7 @@ from scoring.simulation.run import default_end
 
 RESCORE_CONTACTS = 1_000_000
 SIMULATED_CONTACTS = 100_000
+PREDICTION_RUNS = 3
 
 
 def load_contacts(count: int) -> None:
@@ -143,12 +146,20 @@ def prediction(options: Options) -> None:
                     "scoring.train_model_100k_contacts_seconds", time.perf_counter() - started, "s"
                 )
                 print(f"  model v{model.version}: {model.status}, {model.metrics}")
-            with session_scope() as session:
-                started, cpu = time.perf_counter(), time.process_time()
-                scored = serving.predict(session)
-            seconds = time.perf_counter() - started
-            print(f"  scored {scored:,} contacts ({time.process_time() - cpu:.1f} s of CPU here)")
-            record("scoring.predict_100k_contacts_seconds", seconds, "s", target=at_most(5))
+            runs = []
+            for _ in range(PREDICTION_RUNS):  # the hourly refresh does this again and again
+                with session_scope() as session:
+                    started, cpu = time.perf_counter(), time.process_time()
+                    scored = serving.predict(session)
+                runs.append(time.perf_counter() - started)
+                print(f"  scored {scored:,} contacts in {runs[-1]:.2f} s", end="")
+                print(f" ({time.process_time() - cpu:.1f} s of CPU here)")
+            record(
+                "scoring.predict_100k_contacts_seconds",
+                statistics.median(runs),
+                "s",
+                target=at_most(5),
+            )
             report = model.metrics
             truth = report["ground_truth"]
             print(f"  label: {report['label']}; ground truth: {truth['outcome']}")

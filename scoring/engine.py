@@ -38,13 +38,14 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from capture.models import Company, Contact, Event
-from core.db import dialect_insert, plenty_of_work_memory
+from core.db import dialect_insert, is_postgres, plenty_of_work_memory
 from core.models import UTCDateTime, table_of
 from core.settings import get_settings
 from scoring.models import ContactScore, ScoreEntry, ScoringRule, ScoringSettings
@@ -179,6 +180,23 @@ def decayed_points(at: datetime, half_life_days: float) -> ColumnElement[float]:
     )
 
 
+def award_weights(rule_id: uuid.UUID, sign_points: float, knobs: Knobs, now: datetime) -> Any:
+    """Per contact, what the rule's awards are worth at `sign_points` each: decayed to `now`
+    (`delta`) and in plain points (`nominal`)."""
+    return (
+        select(
+            ScoreEntry.contact_id,
+            (
+                func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days))
+                * sign_points
+            ).label("delta"),
+            (func.count() * sign_points).label("nominal"),
+        )
+        .where(ScoreEntry.rule_id == rule_id, ScoreEntry.cause == RULE)
+        .group_by(ScoreEntry.contact_id)
+    )
+
+
 def reprice(
     session: Session, rule: ScoringRule, old_points: float, knobs: Knobs, now: datetime
 ) -> None:
@@ -189,84 +207,7 @@ def reprice(
     if delta == 0:
         return
     plenty_of_work_memory(session)
-    connection = session.connection()
-    _rule_delta.drop(connection, checkfirst=True)
-    _rule_delta.create(connection)
-    session.execute(
-        insert(_rule_delta).from_select(
-            ["contact_id", "delta", "nominal"],
-            select(
-                ScoreEntry.contact_id,
-                func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days)) * delta,
-                func.count() * delta,
-            )
-            .where(ScoreEntry.rule_id == rule.id, ScoreEntry.cause == RULE)
-            .group_by(ScoreEntry.contact_id),
-        )
-    )
-    apply_rule_delta(session, knobs, now)
-
-
-# Per-contact change of one rule's total while it is applied (one transaction's scratch):
-# `delta` decayed to now, `nominal` in the ledger's plain points.
-_rule_delta = Table(
-    "scoring_rule_delta",
-    MetaData(),
-    Column("contact_id", Uuid(), primary_key=True),
-    Column("delta", Float(), nullable=False),
-    Column("nominal", Float(), nullable=False),
-    prefixes=["TEMPORARY"],
-)
-
-
-def apply_rule_delta(session: Session, knobs: Knobs, now: datetime) -> None:
-    """Moves each contact in `_rule_delta` to its stored score decayed to now plus the delta,
-    after a `decay` line that keeps its ledger summing to the new stored score: the decay since
-    the last write plus the decay of the changed awards up to now (their delta − nominal)."""
-    stored_now = current_score_sql(now, knobs.half_life_days)
-    changed = and_(
-        ContactScore.contact_id == _rule_delta.c.contact_id,
-        or_(
-            func.abs(_rule_delta.c.delta) > SCORE_TOLERANCE,
-            func.abs(_rule_delta.c.nominal) > SCORE_TOLERANCE,
-        ),
-    )
-    decay = stored_now - ContactScore.behavior_score + _rule_delta.c.delta - _rule_delta.c.nominal
-    write_decay_lines(
-        session,
-        select(ContactScore.contact_id, decay)
-        .select_from(ContactScore)
-        .join(_rule_delta, changed)
-        .where(func.abs(decay) > SCORE_TOLERANCE),
-        now,
-    )
-    session.execute(
-        update(ContactScore)
-        .where(changed)
-        .values(
-            behavior_score=stored_now + _rule_delta.c.delta,
-            behavior_as_of=now,
-            updated_at=now,
-        )
-    )
-    _rule_delta.drop(session.connection())
-
-
-def write_decay_lines(session: Session, rows: Select[uuid.UUID, float], now: datetime) -> None:
-    """Inserts a `decay` line at `now` for each (contact id, points) row of the select."""
-    found = rows.subquery()
-    lines = select(
-        found.c[0],
-        literal(DECAY),
-        found.c[1],
-        literal(now, UTCDateTime()),
-        literal(now, UTCDateTime()),
-    )
-    session.execute(
-        insert(ScoreEntry).from_select(
-            ["contact_id", "cause", "points", "occurred_at", "recorded_at"], lines
-        )
-    )
+    apply_rule_delta(session, award_weights(rule.id, delta, knobs, now), knobs, now)
 
 
 def rederive(
@@ -277,36 +218,117 @@ def rederive(
     rule never touched are not read or written."""
     plenty_of_work_memory(session)
     connection = session.connection()
-    _rule_delta.drop(connection, checkfirst=True)
-    _rule_delta.create(connection)
-
-    def weights(sign: float, points: float) -> Any:
-        return (
-            select(
-                ScoreEntry.contact_id,
-                func.sum(decay_factor(ScoreEntry.occurred_at, now, knobs.half_life_days))
-                * (sign * points),
-                func.count() * (sign * points),
-            )
-            .where(ScoreEntry.rule_id == rule.id, ScoreEntry.cause == RULE)
-            .group_by(ScoreEntry.contact_id)
+    _old_weights.drop(connection, checkfirst=True)
+    _old_weights.create(connection)
+    session.execute(
+        insert(_old_weights).from_select(
+            ["contact_id", "delta", "nominal"],
+            award_weights(rule.id, -applied_points, knobs, now),
         )
-
-    columns = ["contact_id", "delta", "nominal"]
-    session.execute(insert(_rule_delta).from_select(columns, weights(-1, applied_points)))
+    )
     award_everywhere(session, rule, knobs, now)
+    both = select(_old_weights.c.contact_id, _old_weights.c.delta, _old_weights.c.nominal)
     if rule.enabled and rule.deleted_at is None:
-        new = dialect_insert(session, _rule_delta).from_select(columns, weights(1, rule.points))
-        session.execute(
-            new.on_conflict_do_update(
-                index_elements=["contact_id"],
-                set_={
-                    "delta": _rule_delta.c.delta + new.excluded.delta,
-                    "nominal": _rule_delta.c.nominal + new.excluded.nominal,
-                },
+        both = union_all(both, award_weights(rule.id, rule.points, knobs, now))  # type: ignore[assignment]
+    changes = both.subquery()
+    apply_rule_delta(
+        session,
+        select(
+            changes.c.contact_id,
+            func.sum(changes.c.delta).label("delta"),
+            func.sum(changes.c.nominal).label("nominal"),
+        ).group_by(changes.c.contact_id),
+        knobs,
+        now,
+    )
+    _old_weights.drop(connection)
+
+
+# The rule's awards as they were before a rederive, negated (one transaction's scratch).
+_old_weights = Table(
+    "scoring_old_weights",
+    MetaData(),
+    Column("contact_id", Uuid(), nullable=False),
+    Column("delta", Float(), nullable=False),
+    Column("nominal", Float(), nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+# Each moved contact's new score and the decay line that goes with it (one transaction's
+# scratch). No key: it is only scanned, and an index on a million random ids would cost more.
+_moved = Table(
+    "scoring_moved",
+    MetaData(),
+    Column("contact_id", Uuid(), nullable=False),
+    Column("score", Float(), nullable=False),
+    Column("decay", Float(), nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+def apply_rule_delta(session: Session, changes: Any, knobs: Knobs, now: datetime) -> None:
+    """Moves each contact in `changes` (contact_id, delta, nominal rows) to its stored score
+    decayed to now plus the delta, after a `decay` line that keeps its ledger summing to the
+    new stored score: the decay since the last write plus the decay of the changed awards up
+    to now (their delta − nominal)."""
+    change = changes.subquery()
+    stored_now = current_score_sql(now, knobs.half_life_days)
+    connection = session.connection()
+    _moved.drop(connection, checkfirst=True)
+    _moved.create(connection)
+    session.execute(
+        insert(_moved).from_select(
+            ["contact_id", "score", "decay"],
+            select(
+                ContactScore.contact_id,
+                stored_now + change.c.delta,
+                stored_now - ContactScore.behavior_score + change.c.delta - change.c.nominal,
             )
+            .join(change, change.c.contact_id == ContactScore.contact_id)
+            .where(
+                or_(
+                    func.abs(change.c.delta) > SCORE_TOLERANCE,
+                    func.abs(change.c.nominal) > SCORE_TOLERANCE,
+                )
+            ),
         )
-    apply_rule_delta(session, knobs, now)
+    )
+    move = (
+        update(ContactScore)
+        .where(ContactScore.contact_id == _moved.c.contact_id)
+        .values(behavior_score=_moved.c.score, behavior_as_of=now, updated_at=now)
+    )
+    if is_postgres(session):
+        # One statement: only the rows it really moved get a line (a contact erased meanwhile
+        # gets none).
+        moved = move.returning(ContactScore.contact_id, _moved.c.decay).cte("moved")
+        write_decay_lines(session, select(moved.c.contact_id, moved.c.decay), now)
+    else:
+        write_decay_lines(session, select(_moved.c.contact_id, _moved.c.decay), now)
+        session.execute(move)
+    _moved.drop(connection)
+
+
+def write_decay_lines(session: Session, rows: Select[uuid.UUID, float], now: datetime) -> None:
+    """Inserts a `decay` line at `now` for each (contact id, points) row of the select whose
+    points are not negligible, in contact order (the ledger's contact index fills in order)."""
+    found = rows.subquery()
+    lines = (
+        select(
+            found.c[0],
+            literal(DECAY),
+            found.c[1],
+            literal(now, UTCDateTime()),
+            literal(now, UTCDateTime()),
+        )
+        .where(func.abs(found.c[1]) > SCORE_TOLERANCE)
+        .order_by(found.c[0])
+    )
+    session.execute(
+        insert(ScoreEntry).from_select(
+            ["contact_id", "cause", "points", "occurred_at", "recorded_at"], lines
+        )
+    )
 
 
 def award_events(
@@ -383,7 +405,8 @@ def award_events(
             )
         if lines:
             stmt = dialect_insert(session, ScoreEntry).on_conflict_do_nothing(
-                index_elements=["rule_id", "event_id"]
+                index_elements=["rule_id", "event_id"],
+                index_where=ScoreEntry.rule_id.is_not(None),
             )
             session.execute(stmt, lines)
             scored.update(line["contact_id"] for line in lines)
@@ -472,9 +495,7 @@ def rescore(
     r = _rescored.c
     write_decay_lines(
         session,
-        select(r.contact_id, r.behavior - r.ledger_sum).where(
-            r.changed.is_(True), func.abs(r.behavior - r.ledger_sum) > SCORE_TOLERANCE
-        ),
+        select(r.contact_id, r.behavior - r.ledger_sum).where(r.changed.is_(True)),
         now,
     )
     rows = select(

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 import attribution
+from capture.contacts import CONTACT_DELETED
 from capture.models import Contact
 from core import feed
 from core.clock import clock
@@ -261,9 +262,19 @@ def decay_scores(session: Session, now: datetime, min_change: float = DECAY_PASS
 
 
 def handle_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> None:
-    """The change-feed consumer: scores new events, regrades contacts whose traits changed,
-    follows merges, moves stages the events call for, and promotes new MQLs."""
+    """The change-feed consumer: forgets erased contacts, scores new events, regrades contacts
+    whose traits changed, follows merges, moves stages the events call for, and promotes new
+    MQLs."""
     now = clock.now()
+    forget_contacts(
+        session,
+        [
+            contact_id
+            for r in records
+            if r.kind == CONTACT_DELETED
+            for contact_id in [r.contact_id, *map(uuid.UUID, r.payload["merged_contact_ids"])]
+        ],
+    )
     event_ids = [
         int(r.payload["event_id"])
         for r in records
@@ -293,6 +304,12 @@ def follow_merges(session: Session, losers_to_winners: dict[uuid.UUID, uuid.UUID
                 update(model).where(model.contact_id == loser).values(contact_id=winner)
             )
         session.execute(delete(ContactScore).where(ContactScore.contact_id == loser))
+
+
+def forget_contacts(session: Session, contact_ids: Collection[uuid.UUID]) -> None:
+    """Drops the ledger lines of erased contacts (the ledger holds no foreign key to cascade)."""
+    if contact_ids:
+        session.execute(delete(ScoreEntry).where(ScoreEntry.contact_id.in_(list(contact_ids))))
 
 
 def subscribe() -> None:

@@ -12,6 +12,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from capture import contacts
+from capture.models import Contact
 from core import feed
 from core.clock import clock
 from core.db import session_scope
@@ -322,3 +324,26 @@ def test_every_change_is_in_the_ledger_and_the_ledger_sums_to_the_stored_score(
         session.execute(update(ScoringSettings).values(half_life_days=12))
         scorer.rescore_all(session)
     assert_ledger_complete()
+
+
+def test_erasing_a_contact_erases_its_ledger_and_the_merged_contacts_ledgers(
+    backend: object,
+) -> None:
+    kept, erased, merged = make_contact(), make_contact(), make_contact()
+    for contact in (kept, erased, merged):
+        page(contact, T0 - timedelta(days=2), "/pricing")
+    process_feed()
+
+    def lines_of(contact_id: uuid.UUID) -> int:
+        with session_scope() as session:
+            count = select(func.count()).where(ScoreEntry.contact_id == contact_id)
+            return int(session.scalar(count) or 0)
+
+    kept_lines = lines_of(kept)
+    with session_scope() as session:
+        session.execute(update(Contact).where(Contact.id == merged).values(merged_into_id=erased))
+        contacts.delete_contact(session, erased, uuid.uuid4())
+    assert kept_lines and lines_of(erased) and lines_of(merged)
+    process_feed()
+    assert lines_of(erased) == lines_of(merged) == 0
+    assert lines_of(kept) == kept_lines

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 3819a6398a81
+Revision ID: dcc43144477b
 Revises: 
-Create Date: 2026-11-23 04:07:38.287487
+Create Date: 2026-11-23 05:39:13.597821
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = '3819a6398a81'
+revision: str = 'dcc43144477b'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -162,6 +162,26 @@ def upgrade() -> None:
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_robots'))
     )
+    op.create_table('score_ledger',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('contact_id', sa.Uuid(), nullable=False),
+    sa.Column('cause', sa.String(length=16), nullable=False),
+    sa.Column('rule_id', sa.Uuid(), nullable=True),
+    sa.Column('rule_version', sa.Integer(), nullable=True),
+    sa.Column('event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('points', sa.Float(), nullable=False),
+    sa.Column('occurred_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('note', sa.Text(), nullable=True),
+    sa.Column('actor_key_id', sa.Uuid(), nullable=True),
+    sa.Column('idempotency_key', sa.String(length=300), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_score_ledger'))
+    )
+    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
+        batch_op.create_index('ix_score_ledger_contact_occurred', ['contact_id', 'occurred_at'], unique=False)
+        batch_op.create_index('uq_score_ledger_idempotency_key', ['idempotency_key'], unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
+        batch_op.create_index('uq_score_ledger_rule_event', ['rule_id', 'event_id'], unique=True, postgresql_where=sa.text('rule_id IS NOT NULL'), sqlite_where=sa.text('rule_id IS NOT NULL'))
+
     op.create_table('scoring_rules',
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -493,7 +513,7 @@ def upgrade() -> None:
     sa.Column('updated_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_contact_scores_contact_id_contacts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('contact_id', name=op.f('pk_contact_scores')),
-    postgresql_with={'fillfactor': 70}
+    postgresql_with={'fillfactor': 50}
     )
     with op.batch_alter_table('contact_scores', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contact_scores_probability'), ['probability'], unique=False)
@@ -691,27 +711,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('lifecycle_transitions', schema=None) as batch_op:
         batch_op.create_index('ix_lifecycle_transitions_contact_at', ['contact_id', 'occurred_at'], unique=False)
-
-    op.create_table('score_ledger',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('contact_id', sa.Uuid(), nullable=False),
-    sa.Column('cause', sa.String(length=16), nullable=False),
-    sa.Column('rule_id', sa.Uuid(), nullable=True),
-    sa.Column('rule_version', sa.Integer(), nullable=True),
-    sa.Column('event_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('points', sa.Float(), nullable=False),
-    sa.Column('occurred_at', core.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('recorded_at', core.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('note', sa.Text(), nullable=True),
-    sa.Column('actor_key_id', sa.Uuid(), nullable=True),
-    sa.Column('idempotency_key', sa.String(length=300), nullable=True),
-    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_score_ledger_contact_id_contacts'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_score_ledger')),
-    sa.UniqueConstraint('rule_id', 'event_id', name=op.f('uq_score_ledger_rule_id_event_id'))
-    )
-    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
-        batch_op.create_index('ix_score_ledger_contact_occurred', ['contact_id', 'occurred_at'], unique=False)
-        batch_op.create_index('uq_score_ledger_idempotency_key', ['idempotency_key'], unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
 
     op.create_table('segment_members',
     sa.Column('segment_id', sa.Uuid(), nullable=False),
@@ -997,11 +996,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_segment_members_contact_id'))
 
     op.drop_table('segment_members')
-    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
-        batch_op.drop_index('uq_score_ledger_idempotency_key', postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
-        batch_op.drop_index('ix_score_ledger_contact_occurred')
-
-    op.drop_table('score_ledger')
     with op.batch_alter_table('lifecycle_transitions', schema=None) as batch_op:
         batch_op.drop_index('ix_lifecycle_transitions_contact_at')
 
@@ -1101,6 +1095,12 @@ def downgrade() -> None:
     op.drop_table('segments')
     op.drop_table('scoring_settings')
     op.drop_table('scoring_rules')
+    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
+        batch_op.drop_index('uq_score_ledger_rule_event', postgresql_where=sa.text('rule_id IS NOT NULL'), sqlite_where=sa.text('rule_id IS NOT NULL'))
+        batch_op.drop_index('uq_score_ledger_idempotency_key', postgresql_where=sa.text('idempotency_key IS NOT NULL'), sqlite_where=sa.text('idempotency_key IS NOT NULL'))
+        batch_op.drop_index('ix_score_ledger_contact_occurred')
+
+    op.drop_table('score_ledger')
     op.drop_table('robots')
     with op.batch_alter_table('predictive_models', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_predictive_models_status'))

@@ -150,7 +150,9 @@ class ContactScore(Base):
     behavior_as_of: Mapped[datetime]
     fit_points: Mapped[float] = mapped_column(Float, default=0.0)
     grade: Mapped[str] = mapped_column(String(1), default="F")
-    probability: Mapped[float | None] = mapped_column(Float, index=True)
+    # Not indexed: an index would make every prediction refresh and rescore rewrite both
+    # indexes (no in-place update), for segment conditions that read most rows anyway.
+    probability: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[int | None] = mapped_column(Integer)
     factors: Mapped[list[Any]] = mapped_column(default=list)
     predicted_at: Mapped[datetime | None]

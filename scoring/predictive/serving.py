@@ -57,10 +57,7 @@ def predict(
         return 0
     probabilities, factors = model.score(frame)
     ensure_score_rows(session, frame.contact_ids, now)
-    results = [
-        (cid, float(p), words)
-        for cid, p, words in zip(frame.contact_ids, probabilities, factors, strict=True)
-    ]
+    results = list(zip(frame.contact_ids, probabilities.tolist(), factors, strict=True))
     write(session, results, row.version, now)
     return len(results)
 

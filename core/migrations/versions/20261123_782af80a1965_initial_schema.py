@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: dcc43144477b
+Revision ID: 782af80a1965
 Revises: 
-Create Date: 2026-11-23 05:39:13.597821
+Create Date: 2026-11-23 05:55:09.664895
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import core.models
 from sqlalchemy.dialects import postgresql
 
-revision: str = 'dcc43144477b'
+revision: str = '782af80a1965'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -515,9 +515,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('contact_id', name=op.f('pk_contact_scores')),
     postgresql_with={'fillfactor': 50}
     )
-    with op.batch_alter_table('contact_scores', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_contact_scores_probability'), ['probability'], unique=False)
-
     op.create_table('deliveries',
     sa.Column('idempotency_key', sa.String(length=300), nullable=False),
     sa.Column('contact_id', sa.Uuid(), nullable=True),
@@ -1039,9 +1036,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_deliveries_campaign'))
 
     op.drop_table('deliveries')
-    with op.batch_alter_table('contact_scores', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_contact_scores_probability'))
-
     op.drop_table('contact_scores')
     with op.batch_alter_table('consent_records', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consent_records_contact_id'))

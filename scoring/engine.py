@@ -55,6 +55,8 @@ from scoring.sql import SECONDS_PER_DAY, decay_factor, local_day
 RULE = "rule"
 MANUAL = "manual"
 DECAY = "decay"
+# Up to this many contacts without a score are rescored by id; more, by a pass over everyone.
+UNSCORED_BATCH = 10_000
 # Below this a stored score is "unchanged": rewriting the row would only churn the table.
 SCORE_TOLERANCE = 1e-9
 
@@ -422,11 +424,32 @@ def fit_points_sql(rules: Sequence[ScoringRule]) -> ColumnElement[float]:
     return total
 
 
-# Each rescored contact's new values while they are written (one transaction's scratch).
+def graded_contacts(
+    fit_rules: Sequence[ScoringRule], knobs: Knobs, ids: list[uuid.UUID] | None = None
+) -> Any:
+    """(contact_id, fit, grade) of every unmerged contact, or of `ids`. The fit sum is computed
+    once per contact (a materialized CTE on PostgreSQL): inlined, the planner would repeat
+    every rule's text match for each grade threshold and each comparison that reads it."""
+    points = (
+        select(Contact.id.label("contact_id"), fit_points_sql(fit_rules).label("fit"))
+        .select_from(Contact)
+        .outerjoin(Company, Company.id == Contact.company_id)
+        .where(Contact.merged_into_id.is_(None))
+    )
+    if ids is not None:
+        points = points.where(Contact.id.in_(ids))
+    fits = points.cte("contact_fits").prefix_with("MATERIALIZED", dialect="postgresql")
+    return select(
+        fits.c.contact_id, fits.c.fit, grade_sql(fits.c.fit, knobs.grade_thresholds).label("grade")
+    ).subquery()
+
+
+# Each rescored contact's new values while they are written (one transaction's scratch; only
+# scanned, so no key).
 _rescored = Table(
     "scoring_rescored",
     MetaData(),
-    Column("contact_id", Uuid(), primary_key=True),
+    Column("contact_id", Uuid(), nullable=False),
     Column("behavior", Float(), nullable=False),
     Column("ledger_sum", Float(), nullable=False),
     Column("fit", Float(), nullable=False),
@@ -464,26 +487,21 @@ def rescore(
     totals = ledger.subquery()
     behavior = func.coalesce(totals.c.total, 0.0)
     ledger_sum = func.coalesce(totals.c.ledger_sum, 0.0)
-    fit = fit_points_sql(fit_rules)
-    grade = grade_sql(fit, knobs.grade_thresholds)
+    graded = graded_contacts(fit_rules, knobs, ids)
     stored_now = current_score_sql(now, knobs.half_life_days)
     changed = or_(
         ContactScore.contact_id.is_(None),
         func.abs(stored_now - behavior) > SCORE_TOLERANCE,
         func.abs(ContactScore.behavior_score - ledger_sum) > SCORE_TOLERANCE,
-        ContactScore.fit_points != fit,
-        ContactScore.grade != grade,
+        ContactScore.fit_points != graded.c.fit,
+        ContactScore.grade != graded.c.grade,
     )
     scored = (
-        select(Contact.id, behavior, ledger_sum, fit, grade, changed)
-        .select_from(Contact)
-        .outerjoin(Company, Company.id == Contact.company_id)
-        .outerjoin(totals, totals.c.contact_id == Contact.id)
-        .outerjoin(ContactScore, ContactScore.contact_id == Contact.id)
-        .where(Contact.merged_into_id.is_(None))
+        select(graded.c.contact_id, behavior, ledger_sum, graded.c.fit, graded.c.grade, changed)
+        .select_from(graded)
+        .outerjoin(totals, totals.c.contact_id == graded.c.contact_id)
+        .outerjoin(ContactScore, ContactScore.contact_id == graded.c.contact_id)
     )
-    if ids is not None:
-        scored = scored.where(Contact.id.in_(ids))
     connection = session.connection()
     _rescored.drop(connection, checkfirst=True)
     _rescored.create(connection)
@@ -517,6 +535,35 @@ def rescore(
     )
     session.execute(stmt)
     _rescored.drop(connection)
+
+
+def regrade(
+    session: Session, knobs: Knobs, fit_rules: Sequence[ScoringRule], now: datetime
+) -> None:
+    """After a fit rule change: every scored contact's fit points and grade from its traits,
+    in one UPDATE of the rows that change. Behavioural scores are untouched, so the ledger is
+    not read. Contacts with no score yet get a full rescore."""
+    plenty_of_work_memory(session)
+    graded = graded_contacts(fit_rules, knobs)
+    session.execute(
+        update(ContactScore)
+        .where(
+            ContactScore.contact_id == graded.c.contact_id,
+            or_(ContactScore.fit_points != graded.c.fit, ContactScore.grade != graded.c.grade),
+        )
+        .values(fit_points=graded.c.fit, grade=graded.c.grade, updated_at=now)
+    )
+    unscored = (
+        select(Contact.id)
+        .outerjoin(ContactScore, ContactScore.contact_id == Contact.id)
+        .where(ContactScore.contact_id.is_(None), Contact.merged_into_id.is_(None))
+    )
+    # Counted first: under a LIMIT the planner walks both primary keys instead of hashing.
+    how_many = session.scalar(select(func.count()).select_from(unscored.subquery())) or 0
+    if how_many > UNSCORED_BATCH:
+        rescore(session, knobs, fit_rules, now)
+    elif how_many:
+        rescore(session, knobs, fit_rules, now, list(session.scalars(unscored)))
 
 
 def decay_pass(session: Session, knobs: Knobs, now: datetime, min_change: float) -> int:

@@ -26,6 +26,7 @@ from scoring.engine import (
     current_score_sql,
     decay_pass,
     rederive,
+    regrade,
     reprice,
     rescore,
 )
@@ -139,7 +140,7 @@ def rescore_rule(session: Session, rule_id: uuid.UUID, version: int) -> bool:
 
     A change of points alone reprices earlier awards (`engine.reprice`); any other change of
     a behavioural rule rederives its awards (`engine.rederive`); both touch only the contacts
-    the rule scored. A fit rule regrades everyone."""
+    the rule scored. A fit rule regrades everyone (`engine.regrade`)."""
     rule = session.get(ScoringRule, rule_id, with_for_update=True)
     if rule is None or rule.version != version:
         return False
@@ -148,7 +149,7 @@ def rescore_rule(session: Session, rule_id: uuid.UUID, version: int) -> bool:
     applied = applied_definition(session, rule)
     applied_points = float(applied["points"]) if applied is not None else 0.0
     if rule.kind != BEHAVIOR:
-        rescore(session, k, active_rules(session, FIT), now)
+        regrade(session, k, active_rules(session, FIT), now)
     elif applied is not None and only_points_changed(applied, rule):
         reprice(session, rule, applied_points, k, now)
     else:

@@ -347,3 +347,32 @@ def test_erasing_a_contact_erases_its_ledger_and_the_merged_contacts_ledgers(
     process_feed()
     assert lines_of(erased) == lines_of(merged) == 0
     assert lines_of(kept) == kept_lines
+
+
+def test_a_fit_rule_change_regrades_scored_contacts_and_scores_the_rest(backend: object) -> None:
+    manager = make_contact({"title": "IT经理"})
+    engineer = make_contact({"title": "工程师"})
+    page(manager, T0 - timedelta(days=1), "/pricing")
+    page(engineer, T0 - timedelta(days=1), "/pricing")
+    process_feed()
+    never_scored = make_contact({"title": "销售经理"})  # no change has reached scoring yet
+
+    def fit_and_grade(contact_id: uuid.UUID) -> tuple[float, str] | None:
+        with session_scope() as session:
+            row = session.get(ContactScore, contact_id)
+            return None if row is None else (row.fit_points, row.grade)
+
+    engineer_before = fit_and_grade(engineer)
+    with session_scope() as session:
+        behavior_before = session.get_one(ContactScore, manager).behavior_score
+        rule = session.scalars(select(ScoringRule).where(ScoringRule.name == "Manager")).one()
+        rule.points, rule.version = 45, rule.version + 1
+        session.flush()
+        assert scorer.rescore_rule(session, rule.id, rule.version)
+    manager_after = fit_and_grade(manager)
+    assert manager_after is not None and manager_after[0] == pytest.approx(45)
+    assert fit_and_grade(engineer) == engineer_before
+    assert fit_and_grade(never_scored) == manager_after
+    with session_scope() as session:
+        assert session.get_one(ContactScore, manager).behavior_score == behavior_before
+    assert assert_ledger_complete() == 3

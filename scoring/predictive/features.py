@@ -166,10 +166,28 @@ def _number(value: Any) -> float:
     return number if math.isfinite(number) and number >= 0 else math.nan
 
 
-def feature_query(cutoff: datetime, historical: bool) -> Select[Any]:
-    """One row per contact first seen before `cutoff`: its behaviour before the cutoff (events
-    and visits strictly earlier), its traits, and whether it had identified itself by then
-    (`historical`: from its identify events; else its current state, right when cutoff is now)."""
+IdRange = tuple[uuid.UUID | None, uuid.UUID | None]
+
+
+def id_slices(parts: int) -> list[IdRange]:
+    """`parts` contiguous ranges of contact ids that cover them all (random ids spread evenly)."""
+    bounds = [uuid.UUID(int=(i << 128) // parts) for i in range(1, parts)]
+    return list(zip([None, *bounds], [*bounds, None], strict=True))
+
+
+def _in_range(column: Any, ids: IdRange) -> list[ColumnElement[bool]]:
+    low, high = ids
+    return [
+        *([column >= low] if low is not None else []),
+        *([column < high] if high is not None else []),
+    ]
+
+
+def feature_query(cutoff: datetime, historical: bool, ids: IdRange = (None, None)) -> Select[Any]:
+    """One row per contact first seen before `cutoff` (with an id in `ids`): its behaviour
+    before the cutoff (events and visits strictly earlier), its traits, and whether it had
+    identified itself by then (`historical`: from its identify events; else its current state,
+    right when cutoff is now)."""
     since = cutoff - timedelta(days=LOOKBACK_DAYS)
 
     def within(days: int) -> ColumnElement[bool]:
@@ -183,7 +201,9 @@ def feature_query(cutoff: datetime, historical: bool) -> Select[Any]:
             epoch_seconds(func.max(Event.timestamp)).label("last_at"),
             func.count().filter(Event.type == "identify").label("identified"),
         )
-        .where(Event.timestamp < cutoff, Event.timestamp >= since)
+        .where(
+            Event.timestamp < cutoff, Event.timestamp >= since, *_in_range(Event.contact_id, ids)
+        )
         .group_by(Event.contact_id)
         .subquery()
     )
@@ -196,7 +216,9 @@ def feature_query(cutoff: datetime, historical: bool) -> Select[Any]:
                 for channel in VISIT_CHANNELS
             ],
         )
-        .where(Visit.started_at < cutoff, Visit.started_at >= since)
+        .where(
+            Visit.started_at < cutoff, Visit.started_at >= since, *_in_range(Visit.contact_id, ids)
+        )
         .group_by(Visit.contact_id)
         .subquery()
     )
@@ -226,7 +248,11 @@ def feature_query(cutoff: datetime, historical: bool) -> Select[Any]:
         .outerjoin(Company, Company.id == Contact.company_id)
         .outerjoin(behaviour, behaviour.c.contact_id == Contact.id)
         .outerjoin(visits, visits.c.contact_id == Contact.id)
-        .where(Contact.merged_into_id.is_(None), Contact.first_seen_at < cutoff)
+        .where(
+            Contact.merged_into_id.is_(None),
+            Contact.first_seen_at < cutoff,
+            *_in_range(Contact.id, ids),
+        )
     )
 
 
@@ -235,29 +261,30 @@ def build(
     cutoff: datetime,
     contact_ids: Collection[uuid.UUID] | None = None,
     historical: bool = False,
+    ids: IdRange = (None, None),
 ) -> FeatureFrame:
-    """Features as of `cutoff` for contacts first seen before it (all, or `contact_ids`), from
-    one set-based query. `historical` reads whether a contact had identified by the cutoff from
-    its events; otherwise its current state is used, which is right only when cutoff is now."""
-    query = feature_query(cutoff, historical)
+    """Features as of `cutoff` for contacts first seen before it (all, those in the `ids`
+    range, or `contact_ids`), from one set-based query. `historical` reads whether a contact
+    had identified by the cutoff from its events; otherwise its current state is used, which is
+    right only when cutoff is now."""
+    query = feature_query(cutoff, historical, ids)
     plenty_of_work_memory(session)
     postgres = is_postgres(session)
     if postgres:
         # Without statistics (a fresh table) the planner may nest-loop over the aggregates,
-        # re-running them for every contact; hash joins are right at any size here. Compiling
-        # the aggregates' expressions (JIT) costs more than it saves at these sizes.
-        session.execute(text("SET LOCAL enable_nestloop = off; SET LOCAL jit = off"))
+        # re-running them for every contact; hash joins are right at any size here.
+        session.execute(text("SET LOCAL enable_nestloop = off"))
     if contact_ids is None:
         columns = fetch_columns(session, query)
     else:
-        ids = list(contact_ids)
+        wanted = list(contact_ids)
         chunks = [
-            fetch_columns(session, query.where(Contact.id.in_(ids[start : start + CHUNK])))
-            for start in range(0, len(ids), CHUNK)
+            fetch_columns(session, query.where(Contact.id.in_(wanted[start : start + CHUNK])))
+            for start in range(0, len(wanted), CHUNK)
         ]
         columns = {name: [v for chunk in chunks for v in chunk[name]] for name in query_names()}
     if postgres:
-        session.execute(text("SET LOCAL enable_nestloop TO DEFAULT; SET LOCAL jit TO DEFAULT"))
+        session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
     return assemble(columns, cutoff.timestamp())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import orjson
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from capture.models import Contact
 from core.clock import clock
-from core.db import is_postgres
+from core.db import is_postgres, session_scope
 from core.models import table_of
 from core.settings import get_settings
 from scoring.engine import active_rules, rescore
@@ -24,6 +25,8 @@ from scoring.predictive.training import loadable
 from scoring.rules import FIT
 from scoring.scorer import knobs
 
+# Slices a whole-population refresh is cut into (see `predict_population`).
+POPULATION_SLICES = 2
 _loaded: dict[int, ScoringModel] = {}
 
 
@@ -52,18 +55,49 @@ def predict(
         return 0
     row, model = loaded
     now = now or clock.now()
+    if contact_ids is None and is_postgres(session):
+        return predict_population(session, row.version, model, now)
     frame = features.build(session, now, contact_ids)
+    ensure_score_rows(session, frame.contact_ids, now)
+    return score_and_write(session, frame, row.version, model, now)
+
+
+def predict_population(session: Session, version: int, model: ScoringModel, now: datetime) -> int:
+    """Everyone, in slices of contact ids: while one slice is scored and written here, the next
+    slice's features are computed by PostgreSQL for a second thread, so the database and this
+    process work at the same time instead of in turn."""
+    ensure_score_rows(session, None, now)
+    slices = features.id_slices(POPULATION_SLICES)
+    scored = 0
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        upcoming = builder.submit(build_slice, now, slices[0])
+        for following in [*slices[1:], None]:
+            frame = upcoming.result()
+            if following is not None:
+                upcoming = builder.submit(build_slice, now, following)
+            scored += score_and_write(session, frame, version, model, now)
+    return scored
+
+
+def build_slice(now: datetime, ids: features.IdRange) -> features.FeatureFrame:
+    with session_scope() as reading:
+        return features.build(reading, now, ids=ids)
+
+
+def score_and_write(
+    session: Session, frame: features.FeatureFrame, version: int, model: ScoringModel, now: datetime
+) -> int:
     if not frame.contact_ids:
         return 0
     probabilities, factors = model.score(frame)
-    ensure_score_rows(session, frame.contact_ids, now)
     results = list(zip(frame.contact_ids, probabilities.tolist(), factors, strict=True))
-    write(session, results, row.version, now)
+    write(session, results, version, now)
     return len(results)
 
 
-def ensure_score_rows(session: Session, contact_ids: list[uuid.UUID], now: datetime) -> None:
-    """Contacts never scored by the rules get their rule scores first (one anti-join)."""
+def ensure_score_rows(session: Session, contact_ids: list[uuid.UUID] | None, now: datetime) -> None:
+    """Contacts never scored by the rules (of `contact_ids`, or any) get their rule scores
+    first (one anti-join)."""
     unscored = set(
         session.scalars(
             select(Contact.id)
@@ -71,7 +105,7 @@ def ensure_score_rows(session: Session, contact_ids: list[uuid.UUID], now: datet
             .where(ContactScore.contact_id.is_(None), Contact.merged_into_id.is_(None))
         )
     )
-    missing = [cid for cid in contact_ids if cid in unscored]
+    missing = list(unscored) if contact_ids is None else [c for c in contact_ids if c in unscored]
     if missing:
         rescore(session, knobs(session, now), active_rules(session, FIT), now, missing)
 

@@ -293,3 +293,19 @@ def test_factors_with_quotes_and_backslashes_survive_the_copy(pg_backend: object
         row = session.get_one(ContactScore, contact_id)
         session.refresh(row)
         assert (row.probability, row.factors, row.model_version) == (0.25, words, 7)
+
+
+def test_slices_of_the_population_hold_every_contact_once_with_the_same_features(
+    pg_backend: object,
+) -> None:
+    clock.freeze(END)
+    simulate(300, 60, seed=8, end=END, progress=False)
+    with session_scope() as session:
+        whole = features.build(session, END)
+        parts = [features.build(session, END, ids=ids) for ids in features.id_slices(3)]
+    sliced = features.FeatureFrame.concatenate(parts)
+    assert sorted(sliced.contact_ids) == sorted(whole.contact_ids) and len(whole) == 300
+    row_of = {contact_id: i for i, contact_id in enumerate(whole.contact_ids)}
+    for i, contact_id in enumerate(sliced.contact_ids):
+        assert np.array_equal(sliced.numeric[i], whole.numeric[row_of[contact_id]], equal_nan=True)
+        assert list(sliced.categorical[i]) == list(whole.categorical[row_of[contact_id]])

@@ -2,19 +2,33 @@
 deliveries, each message claimed in its own commit just before its provider call and the answer
 noted just after, then released when the run records the batch onto its deliveries.
 
-A claim or note is one statement committed on a connection of the run's own, in autocommit on
-PostgreSQL (one round trip, no re-checked pooled connection) and, the table being UNLOGGED,
-without waiting for the disk. What a stopped run left behind says, per message: never claimed
-(safe to send), claimed with an answer (record it), or claimed without one (may have gone out)."""
+A claim or note is one statement committed on a connection of the run's own: on PostgreSQL the
+thread's held autocommit connection (one round trip, no pool checkout or pre-ping per task) and,
+the table being UNLOGGED, without waiting for the disk. What a stopped run left behind says, per
+message: never claimed (safe to send), claimed with an answer (record it), or claimed without
+one (may have gone out)."""
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Row,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from channels.models import SendClaim
@@ -66,16 +80,61 @@ CLAIM = (
 NOTE_AND_CLAIM = CLAIM.add_cte(NOTE.cte("noted"))
 
 
+class _Held(threading.local):
+    connection: Connection | None = None
+
+
+_held = _Held()
+# Connections a forked child inherited: closing one (or letting it be collected back into the
+# pool) would touch the parent's socket, so they are kept and never used.
+_inherited: list[_Held] = []
+
+
+def _forget_after_fork() -> None:
+    global _held
+    _inherited.append(_held)
+    _held = _Held()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def held_connection(engine: Engine) -> Connection:
+    """This thread's autocommit connection to PostgreSQL, kept from task to task: most tasks
+    only read their delivery's state, and a pool checkout with its pre-ping would cost more."""
+    connection = _held.connection
+    if connection is None or connection.engine is not engine or connection.invalidated:
+        if connection is not None:
+            connection.close()
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        _held.connection = connection
+    return connection
+
+
+def read_row(session: Session, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+    """The first row of a read that needs no transaction; on PostgreSQL on the held connection,
+    tried again on a new one when the held one was found dropped (after a server restart)."""
+    if not is_postgres(session):
+        return session.execute(statement, params).first()
+    engine = session.get_bind().engine
+    try:
+        return held_connection(engine).execute(statement, params).first()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return held_connection(engine).execute(statement, params).first()
+
+
 class Ledger:
     """One run's claims and notes, each committed at once. A note goes with the next claim
     (or at `close`): the claim follows the answer immediately, and it saves a round trip."""
 
     def __init__(self, session: Session) -> None:
-        connection = session.get_bind().engine.connect()
+        engine = session.get_bind().engine
         self.autocommit = is_postgres(session)
-        if self.autocommit:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        self.connection: Connection = connection
+        self.connection: Connection = (
+            held_connection(engine) if self.autocommit else engine.connect()
+        )
         self.pending: dict[str, Any] | None = None
 
     def claim(self, delivery_id: uuid.UUID, now: datetime) -> bool:
@@ -101,8 +160,9 @@ class Ledger:
 
     def close(self) -> None:
         self._write_note()
-        self._commit()
-        self.connection.close()
+        if not self.autocommit:
+            self.connection.commit()
+            self.connection.close()
 
     def _write_note(self) -> None:
         if self.pending is not None:

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from channels import tasks
+from channels import claims, tasks
 from channels.models import Delivery, SendClaim, Suppression
 from channels.sending import SENDING_LEASE
 from channels.settings import get_channel_settings
@@ -132,3 +132,41 @@ def test_the_ledger_is_unlogged_on_postgresql(pg_backend: Backend) -> None:
             text("SELECT relpersistence FROM pg_class WHERE relname = 'send_claims'")
         )
     assert persistence == "u"
+
+
+@pytest.fixture
+def pg_template(
+    channels_env: None, backend: Backend, client: TestClient, admin_key: str, morning: None
+) -> uuid.UUID:
+    if backend.name != "postgres":
+        pytest.skip("row locks and the held connection are PostgreSQL's")
+    return uuid.UUID(create_template(client, admin_key))
+
+
+def test_a_task_leaves_a_delivery_another_run_holds_to_that_run(
+    pg_template: uuid.UUID, mailbox: MailHandler
+) -> None:
+    (queued,) = queue_emails(pg_template, [make_contact()])
+    with db.session_scope() as holder:
+        holder.get_one(Delivery, queued, with_for_update=True)
+        # Returns at once (the holder sends it, or queues a task for it after its commit).
+        assert tasks.send_delivery(str(queued)) == "sending"
+        assert mailbox.messages == []
+    assert tasks.send_delivery(str(queued)) == "sent"
+    assert len(mailbox.messages) == 1
+
+
+def test_a_dropped_held_connection_is_replaced_by_the_next_task(
+    pg_template: uuid.UUID, mailbox: MailHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_SEND_BATCH_SIZE", "1")
+    get_channel_settings.cache_clear()
+    first, second = queue_emails(pg_template, [make_contact(), make_contact(email="b@example.cn")])
+    assert tasks.send_delivery(str(first)) == "sent"
+    held_pid = claims.held_connection(db.get_engine()).exec_driver_sql("SELECT pg_backend_pid()")
+    with db.session_scope() as session:
+        # As a server restart or an idle timeout drops it.
+        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": held_pid.scalar()})
+
+    assert tasks.send_delivery(str(second)) == "sent"
+    assert len(mailbox.messages) == 2

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy import JSON, Table
 from sqlalchemy.orm import Session
 
 NULL = "\\N"
@@ -41,6 +42,24 @@ def uuid_value(value: uuid.UUID | None) -> str:
 
 def time_value(value: datetime | None) -> str:
     return NULL if value is None else value.isoformat()
+
+
+def default_values(table: Table, given: Sequence[str]) -> dict[str, str]:
+    """The Python-side defaults of `table`'s columns outside `given`, as COPY text (COPY
+    applies no Python-side defaults); a callable default is called once for all rows."""
+    values: dict[str, str] = {}
+    for column in table.c:
+        if column.name in given or column.default is None:
+            continue
+        default = column.default
+        value = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+        if isinstance(column.type, JSON):
+            values[column.name] = json_value(value)
+        elif isinstance(value, bool):
+            values[column.name] = "t" if value else "f"
+        else:
+            values[column.name] = text_value(None if value is None else str(value))
+    return values
 
 
 def copy_lines(session: Session, table: str, columns: Sequence[str], lines: list[str]) -> None:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 EVENT_COLUMNS = (
     "source_id",
     "message_id",
-    "contact_id",
     "type",
     "name",
     "anonymous_id",
@@ -38,15 +37,17 @@ EVENT_COLUMNS = (
     "timestamp",
     "original_timestamp",
     "received_at",
-    "visit_id",
     "url",
     "path",
     "referrer",
-    "channel",
     "device_type",
     "os",
     "browser",
     "ip",
+    # Known only once the batch is resolved; the columns before are rendered at parse time.
+    "contact_id",
+    "visit_id",
+    "channel",
 )
 
 
@@ -63,7 +64,6 @@ def event_row(m: Message) -> tuple[Any, ...]:
     return (
         m.source_id,
         m.message_id,
-        m.contact_id,
         m.type,
         m.name,
         m.anonymous_id,
@@ -73,15 +73,16 @@ def event_row(m: Message) -> tuple[Any, ...]:
         m.timestamp,
         m.original_timestamp,
         m.received_at,
-        m.visit_id,
         m.url,
         m.path,
         m.referrer,
-        m.channel,
         m.device.device_type,
         m.device.os,
         m.device.browser,
         m.ip,
+        m.contact_id,
+        m.visit_id,
+        m.channel,
     )
 
 
@@ -123,36 +124,39 @@ def insert_events(session: Session, messages: list[Message]) -> list[StoredEvent
     ]
 
 
-def event_lines(messages: list[Message]) -> list[str]:
-    """Each message's event as a line of COPY text (EVENT_COLUMNS); times go as the
-    envelope's ISO 8601 strings the message was parsed from."""
+def parsed_event_text(m: Message) -> str:
+    """The message's event up to its contact, visit and channel, as COPY text (EVENT_COLUMNS);
+    times go as the envelope's ISO 8601 strings the message was parsed from."""
     value = text_value
-    return [
-        "\t".join(
-            (
-                m.source_id.hex,
-                value(m.message_id),
-                m.contact_id.hex,
-                value(m.type),
-                value(m.name),
-                value(m.anonymous_id),
-                value(m.user_id),
-                json_value(m.traits if m.type == "identify" else m.properties),
-                json_value(m.context),
-                m.envelope["timestamp"],
-                m.envelope.get("originalTimestamp") or NULL,
-                m.envelope["receivedAt"],
-                uuid_value(m.visit_id),
-                value(m.url),
-                value(m.path),
-                value(m.referrer),
-                value(m.channel),
-                value(m.device.device_type),
-                value(m.device.os),
-                value(m.device.browser),
-                value(m.ip),
-            )
+    return "\t".join(
+        (
+            m.source_id.hex,
+            value(m.message_id),
+            value(m.type),
+            value(m.name),
+            value(m.anonymous_id),
+            value(m.user_id),
+            json_value(m.traits if m.type == "identify" else m.properties),
+            json_value(m.context),
+            m.envelope["timestamp"],
+            m.envelope.get("originalTimestamp") or NULL,
+            m.envelope["receivedAt"],
+            value(m.url),
+            value(m.path),
+            value(m.referrer),
+            value(m.device.device_type),
+            value(m.device.os),
+            value(m.device.browser),
+            value(m.ip),
         )
+    )
+
+
+def event_lines(messages: list[Message]) -> list[str]:
+    """Each message's event as a line of COPY text (EVENT_COLUMNS)."""
+    return [
+        f"{m.parsed_event_text}\t{m.contact_id.hex}\t{uuid_value(m.visit_id)}"
+        f"\t{text_value(m.channel)}"
         for m in messages
     ]
 

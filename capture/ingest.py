@@ -27,9 +27,11 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
+from capture.copy_text import copy_lines, default_values, text_value, time_value
 from capture.enrichment import (
     DeviceInfo,
     Touch,
@@ -38,7 +40,7 @@ from capture.enrichment import (
     parse_user_agent,
 )
 from capture.envelope import queued_envelopes
-from capture.event_store import insert_events, publish_stored
+from capture.event_store import insert_events, parsed_event_text, publish_stored
 from capture.identity import clean_json, normalize_email, normalize_phone
 from capture.merge import fold
 from capture.models import (
@@ -62,6 +64,7 @@ from core.db import (
     insert_new,
     is_postgres,
 )
+from core.ids import random_ids
 from core.models import table_of
 from core.settings import get_settings
 
@@ -104,6 +107,7 @@ class Message:
     visit_id: uuid.UUID | None = None
     channel: str | None = None
     touch: Touch | None = None  # set when this message opened a visit
+    parsed_event_text: str = ""  # see capture.event_store.parsed_event_text
 
 
 @dataclass
@@ -253,6 +257,7 @@ def parse_batch(envelopes: list[dict[str, Any]]) -> ParsedBatch:
                 (message.source_id, message.timestamp.date(), message.device.bot_name or "")
             ] += 1
             continue
+        message.parsed_event_text = parsed_event_text(message)
         messages.append(message)
     return ParsedBatch(messages, bot_hits)
 
@@ -276,7 +281,8 @@ def store(session: Session, batch: ParsedBatch) -> BatchResult:
         return result
     fresh.sort(key=lambda m: m.timestamp)
 
-    resolver = resolve_identities(session, fresh)
+    ids = random_ids()
+    resolver = resolve_identities(session, fresh, ids)
     plan = resolver.result
     write_identities(session, fresh, resolver)
     if plan.merges:
@@ -294,7 +300,7 @@ def store(session: Session, batch: ParsedBatch) -> BatchResult:
     for message in fresh:
         message.contact_id = resolver.final_contact(message.contact_id)
 
-    assign_visits(session, fresh)
+    assign_visits(session, fresh, ids)
     stored = insert_events(session, fresh)
     if len(stored) == len(fresh):
         kept = fresh
@@ -490,9 +496,11 @@ def known_keys(
     return key_owner, contacts
 
 
-def resolve_identities(session: Session, messages: list[Message]) -> Resolver:
+def resolve_identities(
+    session: Session, messages: list[Message], ids: Iterator[uuid.UUID]
+) -> Resolver:
     key_owner, contacts = known_keys(session, {key for message in messages for key in message.keys})
-    resolver = Resolver(key_owner, contacts)
+    resolver = Resolver(key_owner, contacts, ids)
     for message in messages:
         message.contact_id = resolver.resolve(message.keys)
     return resolver
@@ -507,42 +515,17 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
         first_seen.setdefault(message.contact_id, message.timestamp)
     now = clock.now()
     if plan.new_contacts:
-        bulk_insert(
+        insert_contacts(
             session,
-            table_of(Contact),
             [
-                {
-                    "id": contact_id,
-                    "is_known": resolver.contacts[contact_id].is_known,
-                    "first_seen_at": first_seen.get(contact_id, now),
-                    "last_seen_at": first_seen.get(contact_id, now),
-                    "created_at": now,
-                    "updated_at": now,
-                    "traits": {},
-                    "tags": [],
-                    "event_counts": {},
-                }
-                for contact_id in plan.new_contacts
+                (id_, resolver.contacts[id_].is_known, first_seen.get(id_, now))
+                for id_ in plan.new_contacts
             ],
+            now,
         )
     if not plan.new_keys:
         return
-    rows = [
-        {"kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
-        for (kind, value), contact_id in plan.new_keys.items()
-    ]
-    went_in = insert_new(
-        session,
-        table_of(Identity),
-        rows,
-        conflict_columns=("kind", "value"),
-        returning=("kind", "value"),
-        owner_column="contact_id",
-    )
-    if len(went_in) == len(rows):
-        return
-    inserted = {(row.kind, row.value) for row in went_in}
-    lost = [key for key in plan.new_keys if key not in inserted]
+    lost = insert_keys(session, plan.new_keys, now)
     for chunk in _chunks(lost, 1000):
         for row in session.execute(
             select(Identity.kind, Identity.value, Identity.contact_id).where(
@@ -553,6 +536,82 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
             if ours in plan.new_contacts and ours != row.contact_id:
                 plan.merges[ours] = row.contact_id
                 resolver.contacts.setdefault(row.contact_id, KnownContact(row.contact_id, True))
+
+
+NEW_CONTACT_COLUMNS = (
+    "id",
+    "is_known",
+    "first_seen_at",
+    "last_seen_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def insert_contacts(
+    session: Session, contacts: list[tuple[uuid.UUID, bool, datetime]], now: datetime
+) -> None:
+    """Inserts new contacts given as (id, is_known, first seen); the profile update that
+    follows fills in the rest. On PostgreSQL they are COPYed as text (see capture.copy_text)."""
+    if not is_postgres(session):
+        bulk_insert(
+            session,
+            table_of(Contact),
+            [
+                dict(zip(NEW_CONTACT_COLUMNS, (id_, known, seen, seen, now, now), strict=True))
+                for id_, known, seen in contacts
+            ],
+        )
+        return
+    defaults = default_values(table_of(Contact), NEW_CONTACT_COLUMNS)
+    stamp = time_value(now)
+    tail = "\t".join((stamp, stamp, *defaults.values()))
+    copy_lines(
+        session,
+        "contacts",
+        (*NEW_CONTACT_COLUMNS, *defaults),
+        [
+            f"{id_.hex}\t{'t' if known else 'f'}\t{seen.isoformat()}\t{seen.isoformat()}\t{tail}"
+            for id_, known, seen in contacts
+        ],
+    )
+
+
+def insert_keys(
+    session: Session, new_keys: dict[IdentityKey, uuid.UUID], now: datetime
+) -> list[IdentityKey]:
+    """Inserts the new identity keys; returns those a concurrent worker claimed first. On
+    PostgreSQL they are COPYed straight in, and only a COPY that hits a claimed key (undone,
+    a savepoint) goes the careful way: INSERT … ON CONFLICT DO NOTHING."""
+    if is_postgres(session):
+        stamp = time_value(now)
+        try:
+            with session.begin_nested():
+                copy_lines(
+                    session,
+                    "identities",
+                    ("kind", "value", "contact_id", "created_at"),
+                    [
+                        f"{text_value(kind)}\t{text_value(value)}\t{contact_id.hex}\t{stamp}"
+                        for (kind, value), contact_id in new_keys.items()
+                    ],
+                )
+            return []
+        except psycopg.errors.UniqueViolation:
+            pass
+    went_in = insert_new(
+        session,
+        table_of(Identity),
+        [
+            {"kind": kind, "value": value, "contact_id": contact_id, "created_at": now}
+            for (kind, value), contact_id in new_keys.items()
+        ],
+        conflict_columns=("kind", "value"),
+        returning=("kind", "value"),
+        owner_column="contact_id",
+    )
+    inserted = {(row.kind, row.value) for row in went_in}
+    return [key for key in new_keys if key not in inserted]
 
 
 def record_groups(session: Session, messages: list[Message]) -> None:

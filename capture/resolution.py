@@ -9,9 +9,8 @@ merge API), and a user id never attaches to a contact that already has a differe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-from core.ids import new_id
 
 IdentityKey = tuple[str, str]  # (kind, value)
 STRONG_KINDS = ("user_id", "email", "phone")
@@ -37,10 +36,14 @@ class Resolution:
 
 class Resolver:
     def __init__(
-        self, key_owner: dict[IdentityKey, uuid.UUID], contacts: dict[uuid.UUID, KnownContact]
+        self,
+        key_owner: dict[IdentityKey, uuid.UUID],
+        contacts: dict[uuid.UUID, KnownContact],
+        ids: Iterator[uuid.UUID],
     ) -> None:
         self.key_owner = dict(key_owner)
         self.contacts = contacts
+        self.ids = ids
         self.result = Resolution()
 
     def _final(self, contact_id: uuid.UUID) -> uuid.UUID:
@@ -91,7 +94,7 @@ class Resolver:
         return bool(existing) and user_id not in existing
 
     def _create(self, is_known: bool) -> uuid.UUID:
-        contact_id = new_id()
+        contact_id = next(self.ids)
         self.contacts[contact_id] = KnownContact(contact_id, is_known)
         self.result.new_contacts.add(contact_id)
         return contact_id

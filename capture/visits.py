@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -70,9 +71,10 @@ LATEST_VISITS = text(
 )
 
 
-def assign_visits(session: Session, messages: list[Message]) -> None:
+def assign_visits(session: Session, messages: list[Message], ids: Iterator[uuid.UUID]) -> None:
     """Sets visit_id, channel and (for visit-opening messages) touch on each message, then
-    writes new and extended visits in bulk. Messages must be in timestamp order."""
+    writes new and extended visits in bulk; new visits take their ids from `ids`. Messages
+    must be in timestamp order."""
     timeout = timedelta(minutes=get_settings().session_timeout_minutes)
     current = latest_visits(session, {m.contact_id for m in messages})
     touched: dict[uuid.UUID, OpenVisit] = {}
@@ -91,7 +93,7 @@ def assign_visits(session: Session, messages: list[Message]) -> None:
             )
         if not in_session or (touch is not None and _new_campaign(touch, visit)):
             touch = touch or DIRECT
-            visit = _open(m, touch)
+            visit = _open(m, touch, next(ids))
             current[m.contact_id] = visit
             m.touch = touch
         assert visit is not None
@@ -169,9 +171,9 @@ def _new_campaign(touch: Touch, visit: OpenVisit | None) -> bool:
     )
 
 
-def _open(message: Message, touch: Touch) -> OpenVisit:
+def _open(message: Message, touch: Touch, id_: uuid.UUID) -> OpenVisit:
     visit = OpenVisit(
-        id=uuid.uuid4(),
+        id=id_,
         source_id=message.source_id,
         contact_id=message.contact_id,
         started_at=message.timestamp,

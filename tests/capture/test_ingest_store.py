@@ -3,14 +3,17 @@ meanwhile, and profiles folded over several batches."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.app import create_app
+from capture import ingest
 from capture.event_store import insert_events
 from capture.ingest import decode_entries, parse_batch
+from capture.models import Identity
 from capture.queue import get_queue
 from capture.sources import create_source
 from core.db import session_scope
@@ -36,10 +39,11 @@ def _race(client: TestClient, write_key: str) -> None:
     })  # fmt: skip
     assert drain() == 1  # the other worker stores it first
     [contact] = contacts()
-    message.contact_id = contact.id
-    newer = dataclasses.replace(
-        message, message_id="racer-2", timestamp=message.timestamp + timedelta(minutes=1)
-    )
+    later = (message.timestamp + timedelta(minutes=1)).isoformat()
+    [newer] = parse_batch(
+        [message.envelope | {"messageId": "racer-2", "timestamp": later}]
+    ).messages
+    message.contact_id = newer.contact_id = contact.id
     with session_scope() as session:
         stored = insert_events(session, [message, newer])
     assert [event.message_id for event in stored] == ["racer-2"]
@@ -47,6 +51,38 @@ def _race(client: TestClient, write_key: str) -> None:
         message.message_id,
         "racer-2",
     ]
+
+
+def test_a_key_another_worker_claimed_meanwhile_folds_our_new_contact_into_its_owner(
+    pg_backend, monkeypatch
+):
+    # PostgreSQL only, as above: the other worker stores between our lookup and our insert.
+    with session_scope() as session:
+        _, write_key = create_source(session, "race site", ["https://www.example.com"])
+    identify = {"type": "identify", "traits": {"email": "li@corp.cn"}}
+    with TestClient(create_app()) as client:
+        send(client, write_key, identify | {"anonymousId": "laptop"})
+        [(entry_id, payload)] = get_queue().take("slow-worker", 10, 0)
+        batch = parse_batch(decode_entries([(entry_id, payload)]))
+        get_queue().ack([entry_id])
+        send(client, write_key, identify | {"anonymousId": "phone"})
+        looked_up = ingest.known_keys
+
+        def other_worker_stores_after_our_lookup(*args: Any) -> Any:
+            found = looked_up(*args)
+            monkeypatch.setattr(ingest, "known_keys", looked_up)
+            assert drain() == 1
+            return found
+
+        monkeypatch.setattr(ingest, "known_keys", other_worker_stores_after_our_lookup)
+        with session_scope() as session:
+            assert ingest.store(session, batch).stored == 1
+    [contact] = contacts()
+    assert contact.email == "li@corp.cn"
+    assert {event.anonymous_id for event in events_of(contact.id)} == {"laptop", "phone"}
+    with session_scope() as session:
+        owners = session.execute(select(Identity.value, Identity.contact_id)).all()
+    assert dict(owners) == {"laptop": contact.id, "li@corp.cn": contact.id, "phone": contact.id}
 
 
 def test_profiles_fold_across_batches_without_losing_counts_or_touches(client, write_key):

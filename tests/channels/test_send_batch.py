@@ -138,11 +138,11 @@ def test_the_ledger_is_unlogged_on_postgresql(pg_backend: Backend) -> None:
 def pg_template(
     channels_env: None, backend: Backend, client: TestClient, admin_key: str, morning: None
 ) -> uuid.UUID:
-    if backend.name != "postgres":
-        pytest.skip("row locks and the held connection are PostgreSQL's")
     return uuid.UUID(create_template(client, admin_key))
 
 
+# Row locks and the held connection are PostgreSQL's: these run on it alone.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_a_task_leaves_a_delivery_another_run_holds_to_that_run(
     pg_template: uuid.UUID, mailbox: MailHandler
 ) -> None:
@@ -156,6 +156,7 @@ def test_a_task_leaves_a_delivery_another_run_holds_to_that_run(
     assert len(mailbox.messages) == 1
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_a_dropped_held_connection_is_replaced_by_the_next_task(
     pg_template: uuid.UUID, mailbox: MailHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:

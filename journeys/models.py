@@ -7,10 +7,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid, text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, utcnow
+from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, partial_index, utcnow
 
 DYNAMIC = "dynamic"
 STATIC = "static"
@@ -102,23 +102,21 @@ class Enrollment(UUIDPrimaryKey, Base):
         Index("ix_enrollments_due", "next_run_at"),
         Index("ix_enrollments_journey_contact", "journey_id", "contact_id"),
         # At most one running enrollment per contact and journey.
-        Index(
+        partial_index(
             "ix_enrollments_one_running",
             "journey_id",
             "contact_id",
+            where="status IN ('active', 'waiting')",
             unique=True,
-            postgresql_where=text("status IN ('active', 'waiting')"),
-            sqlite_where=text("status IN ('active', 'waiting')"),
         ),
         # A date trigger enrolls a contact at most once per date value (its entry key).
-        Index(
+        partial_index(
             "ix_enrollments_entry_key",
             "journey_id",
             "contact_id",
             "entry_key",
+            where="entry_key IS NOT NULL",
             unique=True,
-            postgresql_where=text("entry_key IS NOT NULL"),
-            sqlite_where=text("entry_key IS NOT NULL"),
         ),
     )
 

@@ -21,11 +21,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, utcnow
+from core.models import Base, BigIntId, Timestamps, UUIDPrimaryKey, partial_index, utcnow
 
 SETTINGS_ROW_ID = 1
 # The predictive label: "became an opportunity within this many days". Long enough to cover
@@ -96,23 +95,21 @@ class ScoreEntry(Base):
     __table_args__ = (
         # Award lines only: decay and manual lines (a million at a time when a rule changes)
         # carry no rule and stay out of the index.
-        Index(
+        partial_index(
             "uq_score_ledger_rule_event",
             "rule_id",
             "event_id",
+            where="rule_id IS NOT NULL",
             unique=True,
-            postgresql_where=text("rule_id IS NOT NULL"),
-            sqlite_where=text("rule_id IS NOT NULL"),
         ),
         Index("ix_score_ledger_contact_occurred", "contact_id", "occurred_at"),
         # Only journey steps' lines carry a key; rule and decay lines (millions, written by
         # rescoring) stay out of the index.
-        Index(
+        partial_index(
             "uq_score_ledger_idempotency_key",
             "idempotency_key",
+            where="idempotency_key IS NOT NULL",
             unique=True,
-            postgresql_where=text("idempotency_key IS NOT NULL"),
-            sqlite_where=text("idempotency_key IS NOT NULL"),
         ),
     )
 

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from capture.models import Contact, Identity
 from capture.queue import QueueUnavailable, get_queue
 from capture.tracking import envelope_for_single
+from core.arrays import RowsInsert
 from core.clock import clock
-from core.db import dialect_insert
+from core.models import table_of
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ _BINDINGS_KEY = "nurture_contact_bindings"
 # Bindings committed by this session already: a run that commits after every message (sending)
 # writes each contact's binding once.
 _BOUND_KEY = "nurture_contact_bound"
+WRITE_BINDINGS = RowsInsert(
+    table_of(Identity), ["contact_id", "kind", "value", "created_at"], conflict=["kind", "value"]
+)
 
 
 def contact_anonymous_id(session: Session, contact: Contact) -> str:
@@ -68,9 +72,8 @@ def _bind_contacts(session: Session) -> None:
     if not bindings:
         return
     now = clock.now()
-    insert = dialect_insert(session, Identity)
-    session.execute(
-        insert.on_conflict_do_nothing(index_elements=["kind", "value"]),
+    WRITE_BINDINGS(
+        session,
         [
             {"contact_id": contact_id, "kind": "anonymous", "value": value, "created_at": now}
             for value, contact_id in sorted(bindings.items())

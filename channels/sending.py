@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -40,8 +40,9 @@ from channels.records import (
     record,
 )
 from channels.settings import ChannelSettings, get_channel_settings
+from core.arrays import RowsInsert, RowsUpdate
 from core.clock import clock
-from core.db import dialect_insert, is_postgres
+from core.db import is_postgres
 from core.models import table_of
 
 ROBOT_CHANNELS = ("wecom", "dingtalk")
@@ -57,12 +58,17 @@ AMBIGUOUS_ROBOT_POST = (
 )
 
 Send = Callable[[], Outcome]
-# Built once: every task starts with it, and building a statement costs more than running it.
-STATE = select(Delivery.status, Delivery.next_attempt_at, Delivery.updated_at).where(
-    Delivery.id == bindparam("delivery_id")
+# Built once: every task starts with them, and building a statement costs more than running it.
+STATES = select(Delivery.id, Delivery.status, Delivery.next_attempt_at, Delivery.updated_at).where(
+    Delivery.id.in_(bindparam("delivery_ids", expanding=True))
 )
-LOCK_DELIVERY = select(Delivery).where(Delivery.id == bindparam("delivery_id")).with_for_update()
-LOCK_FREE_DELIVERY = LOCK_DELIVERY.with_for_update(skip_locked=True)
+LOCK_DELIVERIES = (
+    select(Delivery)
+    .where(Delivery.id.in_(bindparam("delivery_ids", expanding=True)))
+    .order_by(Delivery.created_at)
+    .with_for_update()
+)
+LOCK_FREE_DELIVERIES = LOCK_DELIVERIES.with_for_update(skip_locked=True)
 
 
 @dataclass
@@ -141,58 +147,92 @@ def resolve_ambiguous(delivery: Delivery, now: datetime) -> None:
 
 
 def deliver(session: Session, delivery_id: uuid.UUID) -> str:
-    """Sends one delivery if it is still due, with other queued ones of its channel; returns
-    its status afterwards. Safe to run twice or concurrently: the row lock, the status check
-    and the per-message claims make a second run a no-op.
+    """Sends one delivery if it is still due (with other queued ones of its channel); returns
+    its status afterwards."""
+    return deliver_many(session, [delivery_id])[delivery_id]
+
+
+def deliver_many(session: Session, delivery_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Sends the deliveries that are still due, each channel's together and topped up with
+    other queued ones; returns each one's status afterwards. Safe to run twice or concurrently:
+    the row locks, the status check and the per-message claims make a second run a no-op.
 
     Commits along the way (the reservation must be durable before a message goes out)."""
     now = clock.now()
-    # Most tasks find their message already sent by another task's batch: a plain read tells,
-    # without loading or locking the row (or, on PostgreSQL, checking out a connection).
-    state: Any = claims.read_row(session, STATE, {"delivery_id": delivery_id})
-    if state is None or not (is_due(state, now) or interrupted(state, now)):
-        return "missing" if state is None else str(state.status)
-    if is_postgres(session):
-        delivery = session.scalar(LOCK_FREE_DELIVERY, {"delivery_id": delivery_id})
-        if delivery is None:
-            # Another run holds it (a batch about to reserve it, or a requeue that enqueues a
-            # task after its commit): waiting for that run would only idle this worker.
-            return "sending"
-    else:
-        delivery = session.scalar(LOCK_DELIVERY, {"delivery_id": delivery_id})
-        if delivery is None:
-            return "missing"
+    # A task often finds its messages already sent by another run: a plain read tells,
+    # without loading or locking the rows (or, on PostgreSQL, checking out a connection).
+    states = {
+        row.id: row
+        for row in claims.read_rows(session, STATES, {"delivery_ids": list(delivery_ids)})
+    }
+    statuses = {d: str(states[d].status) if d in states else "missing" for d in delivery_ids}
+    due = [d for d in delivery_ids if d in states and needs_sending(states[d], now)]
+    if not due:
+        return statuses
+    lock = LOCK_FREE_DELIVERIES if is_postgres(session) else LOCK_DELIVERIES
+    # On PostgreSQL a row another run holds is skipped (a batch about to reserve it, or a
+    # requeue that enqueues a task after its commit): waiting for that run would idle this one.
+    locked = list(session.scalars(lock, {"delivery_ids": due}))
+    statuses.update({d: "sending" if is_postgres(session) else "missing" for d in due})
     settings = get_channel_settings()
-    if interrupted(delivery, now):
-        recover_interrupted(session, [delivery], now, settings)
-    if not is_due(delivery, now):
-        return delivery.status
+    stale = [delivery for delivery in locked if interrupted(delivery, now)]
+    if stale:
+        recover_interrupted(session, stale, now, settings)
+    by_channel: dict[str, list[Delivery]] = {}
+    for delivery in locked:
+        statuses[delivery.id] = delivery.status
+        if is_due(delivery, now):
+            by_channel.setdefault(delivery.channel, []).append(delivery)
     # Changes to deliveries are written at the commits, not before every query.
     with session.no_autoflush:
-        if channel_paused(session, delivery.channel):
-            reason = f"the {delivery.channel} channel is paused"
+        for channel, deliveries in by_channel.items():
+            send_channel(session, channel, deliveries, now, settings)
+    statuses.update({delivery.id: delivery.status for delivery in locked})
+    return statuses
+
+
+def needs_sending(state: DeliveryState, now: datetime) -> bool:
+    return is_due(state, now) or interrupted(state, now)
+
+
+def send_channel(
+    session: Session,
+    channel: str,
+    deliveries: list[Delivery],
+    now: datetime,
+    settings: ChannelSettings,
+) -> None:
+    if channel_paused(session, channel):
+        reason = f"the {channel} channel is paused"
+        for delivery in deliveries:
             defer(delivery, "channel_paused", reason, now + PAUSE_RECHECK)
-        elif delivery.channel in ROBOT_CHANNELS:
-            robot_queue.flush(session, delivery, now, settings)
-        else:
-            send_all(session, [delivery, *companions(session, delivery, settings)], now, settings)
-    return delivery.status
+    elif channel in ROBOT_CHANNELS:
+        # A post carries every note waiting for its robot: later ones may be in it already.
+        for delivery in deliveries:
+            if is_due(delivery, now):
+                robot_queue.flush(session, delivery, now, settings)
+    else:
+        send_all(session, [*deliveries, *companions(session, deliveries, settings)], now, settings)
 
 
-def companions(session: Session, delivery: Delivery, settings: ChannelSettings) -> list[Delivery]:
+def companions(
+    session: Session, deliveries: list[Delivery], settings: ChannelSettings
+) -> list[Delivery]:
     """Other queued deliveries of the same channel, sent by the same run so that many messages
     share one set of policy queries (rows that other workers are sending are skipped)."""
-    if delivery.channel not in BATCHED_CHANNELS or settings.send_batch_size <= 1:
+    channel = deliveries[0].channel
+    room = settings.send_batch_size - len(deliveries)
+    if channel not in BATCHED_CHANNELS or room <= 0:
         return []
     stmt = (
         select(Delivery)
         .where(
-            Delivery.channel == delivery.channel,
+            Delivery.channel == channel,
             Delivery.status == "queued",
-            Delivery.id != delivery.id,
+            Delivery.id.not_in([delivery.id for delivery in deliveries]),
         )
         .order_by(Delivery.created_at)
-        .limit(settings.send_batch_size - 1)
+        .limit(room)
     )
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
@@ -235,14 +275,7 @@ def send_all(
         prepared = prepare(session, delivery, contact, addresses.get(delivery.id), run)
         if prepared is not None:
             ready.append(prepared)
-    if run.tracked_links:
-        insert = dialect_insert(session, TrackedLink)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["delivery_id", "position"], set_={"url": insert.excluded.url}
-            ),
-            run.tracked_links,
-        )
+    WRITE_TRACKED_LINKS(session, run.tracked_links)
     for item in ready:
         item.delivery.status, item.delivery.sending_at = "sending", None
         if item.contact is not None:
@@ -279,29 +312,26 @@ class Answered:
 
 
 DELIVERIES = table_of(Delivery)
+WRITE_TRACKED_LINKS = RowsInsert(
+    table_of(TrackedLink),
+    ["delivery_id", "position", "url"],
+    conflict=["delivery_id", "position"],
+    replace=["url"],
+)
 
 
 class DeliveryWrite:
-    """One executemany UPDATE of some columns of a run's deliveries, from their objects, which
-    then count as written (the flush skips them): a fraction of the unit of work's cost."""
+    """One statement writing some columns of a run's deliveries from their objects, which then
+    count as written (the flush skips them): a fraction of the unit of work's cost."""
 
     def __init__(self, *columns: str) -> None:
         self.columns = columns
-        self.statement = (
-            update(DELIVERIES)
-            .where(DELIVERIES.c.id == bindparam("written_id"))
-            .values({name: bindparam(f"written_{name}") for name in columns})
-        )
+        self.write = RowsUpdate(DELIVERIES, "id", columns)
 
     def __call__(self, session: Session, deliveries: list[Delivery]) -> None:
-        if not deliveries:
-            return
-        session.execute(
-            self.statement,
-            [
-                {"written_id": d.id, **{f"written_{n}": getattr(d, n) for n in self.columns}}
-                for d in deliveries
-            ],
+        self.write(
+            session,
+            [{"id": d.id, **{name: getattr(d, name) for name in self.columns}} for d in deliveries],
         )
         for delivery in deliveries:
             for name in self.columns:

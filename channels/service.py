@@ -49,11 +49,10 @@ from channels.schemas import (
     WebhookEndpointCreate,
 )
 from channels.settings import get_channel_settings
-from channels.tasks import send_delivery
+from channels.tasks import send_after_commit
 from core.clock import clock
 from core.db import dialect_insert
 from core.ids import new_secret
-from core.tasks import enqueue_after_commit
 
 OPT_OUT_WORDING = re.compile(r"退订|拒收|\bSTOP\b", re.IGNORECASE)
 MAX_KEY_LENGTH = 300
@@ -204,7 +203,7 @@ def _record_delivery(
         .returning(Delivery.id)
     )
     if delivery_id is not None:
-        enqueue_after_commit(session, send_delivery, str(delivery_id))
+        send_after_commit(session, delivery_id)
     delivery = session.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
     assert delivery is not None
     return delivery
@@ -706,7 +705,7 @@ def replay_dead_letter(session: Session, dead_letter_id: int) -> Delivery:
     delivery.status, delivery.attempts, delivery.next_attempt_at = "queued", 0, None
     delivery.error_code = delivery.error_reason = delivery.failed_at = None
     session.flush()
-    enqueue_after_commit(session, send_delivery, str(delivery.id))
+    send_after_commit(session, delivery.id)
     return delivery
 
 

@@ -16,7 +16,7 @@ from channels.settings import get_channel_settings
 from core import feed
 from core.clock import clock
 from core.db import is_postgres
-from core.tasks import enqueue_after_commit, task
+from core.tasks import enqueue_in_batches_after_commit, task
 
 RESUME_BATCH = 1000
 # A queued delivery whose task has not run by then lost its broker message: enqueue it again.
@@ -26,6 +26,19 @@ STALE_QUEUED = timedelta(minutes=10)
 @task("channels.send_delivery", max_retries=0)
 def send_delivery(session: Session, delivery_id: str) -> str:
     return sending.deliver(session, uuid.UUID(delivery_id))
+
+
+@task("channels.send_deliveries", max_retries=0)
+def send_deliveries(session: Session, delivery_ids: list[str]) -> dict[str, str]:
+    statuses = sending.deliver_many(session, [uuid.UUID(d) for d in delivery_ids])
+    return {str(delivery_id): status for delivery_id, status in statuses.items()}
+
+
+def send_after_commit(session: Session, delivery_id: uuid.UUID) -> None:
+    """Sends the delivery once this transaction commits, in one task with the other deliveries
+    the transaction recorded (up to a send batch)."""
+    batch_size = get_channel_settings().send_batch_size
+    enqueue_in_batches_after_commit(session, send_deliveries, str(delivery_id), batch_size)
 
 
 def claim_due(session: Session, limit: int = RESUME_BATCH) -> list[uuid.UUID]:
@@ -75,13 +88,13 @@ def recover_interrupted(session: Session, now: datetime, limit: int) -> list[uui
 def resume_due(session: Session) -> int:
     ids = claim_due(session)
     for delivery_id in ids:
-        enqueue_after_commit(session, send_delivery, str(delivery_id))
+        send_after_commit(session, delivery_id)
     return len(ids)
 
 
 def send_for_changes(session: Session, records: Sequence[feed.ChangeRecord]) -> None:
     for delivery_id in subscriptions.deliveries_for_changes(session, records):
-        enqueue_after_commit(session, send_delivery, str(delivery_id))
+        send_after_commit(session, delivery_id)
 
 
 feed.subscribe("channels.webhooks", send_for_changes)

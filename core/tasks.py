@@ -16,6 +16,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _PENDING_KEY = "nurture_pending_tasks"
+_BATCHED_KEY = "nurture_batched_tasks"
 DEFAULT_QUEUE = "default"
 # Task name → queue, for the Celery app's `task_routes` (Celery deprecates a task's own
 # `queue` attribute).
@@ -61,12 +62,25 @@ def enqueue_after_commit(session: Session, task_obj: Task, *args: Any, **kwargs:
     session.info.setdefault(_PENDING_KEY, []).append((task_obj, args, kwargs))
 
 
+def enqueue_in_batches_after_commit(
+    session: Session, task_obj: Task, item: Any, batch_size: int
+) -> None:
+    """`task_obj(items)` after commit, with this transaction's items in lists of up to
+    `batch_size`: a journey step that sends 500 messages enqueues 20 tasks, not 500."""
+    batches = session.info.setdefault(_BATCHED_KEY, {})
+    batches.setdefault(task_obj.name, (task_obj, batch_size, []))[2].append(item)
+
+
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
     for task_obj, args, kwargs in session.info.pop(_PENDING_KEY, []):
         task_obj.apply_async(args=args, kwargs=kwargs)
+    for task_obj, batch_size, items in session.info.pop(_BATCHED_KEY, {}).values():
+        for start in range(0, len(items), batch_size):
+            task_obj.apply_async(args=(items[start : start + batch_size],))
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_pending(session: Session, _previous: Any) -> None:
     session.info.pop(_PENDING_KEY, None)
+    session.info.pop(_BATCHED_KEY, None)

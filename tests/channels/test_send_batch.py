@@ -171,3 +171,47 @@ def test_a_dropped_held_connection_is_replaced_by_the_next_task(
 
     assert tasks.send_delivery(str(second)) == "sent"
     assert len(mailbox.messages) == 2
+
+
+def test_a_transaction_that_records_many_sends_enqueues_one_task_per_send_batch(
+    channels_env: None,
+    mailbox: MailHandler,
+    client: TestClient,
+    admin_key: str,
+    morning: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from channels import service
+
+    monkeypatch.setenv("NURTURE_SEND_BATCH_SIZE", "3")
+    get_channel_settings.cache_clear()
+    template_id = uuid.UUID(create_template(client, admin_key))
+    contacts = [make_contact(email=f"batch{i}@example.cn") for i in range(7)]
+    enqueued: list[list[str]] = []
+    apply_async = tasks.send_deliveries.apply_async
+
+    def recording(*args: object, **kwargs: object) -> object:
+        enqueued.append(list(kwargs["args"][0]))  # type: ignore[index]
+        return apply_async(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.send_deliveries, "apply_async", recording)
+    with db.session_scope() as session:
+        ids = [
+            service.send(
+                session,
+                contact_id=contact_id,
+                channel="email",
+                template_id=template_id,
+                idempotency_key=f"many:{index}",
+            ).id
+            for index, contact_id in enumerate(contacts)
+        ]
+
+    assert [len(batch) for batch in enqueued] == [3, 3, 1]
+    assert sorted(d for batch in enqueued for d in batch) == sorted(str(i) for i in ids)
+    assert [delivery(i).status for i in ids] == ["sent"] * 7
+    assert sorted(m.recipients[0] for m in mailbox.messages) == sorted(
+        f"batch{i}@example.cn" for i in range(7)
+    )
+    assert tasks.send_deliveries([str(i) for i in ids]) == {str(i): "sent" for i in ids}
+    assert len(mailbox.messages) == 7

@@ -4,6 +4,7 @@ pixel, and RFC 8058 List-Unsubscribe headers for marketing mail."""
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from core.clock import clock
 from core.settings import get_settings
 
 MAX_LINE = 998  # RFC 5322
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class WirePolicy(Compat32):
@@ -153,18 +155,29 @@ def multipart_alternative(
     headers: list[tuple[str, str]], boundary: str, parts: list[tuple[str, str]]
 ) -> bytes:
     """The bytes `email.mime` would generate for this multipart/alternative message of UTF-8
-    base64 text parts, written directly: the MIME object tree costs more than the rest of
-    composing a message."""
+    text parts, written directly: the MIME object tree costs more than the rest of composing a
+    message."""
     crlf = b"\r\n"
     delimiter = f"--{boundary}".encode("ascii")
     chunks = [WIRE_POLICY.fold_binary(name, value) for name, value in headers]
     chunks.append(crlf)
     for index, (subtype, text) in enumerate(parts):
+        encoding, body = transfer_encoded(text)
         chunks.append(delimiter + crlf if index == 0 else crlf + delimiter + crlf)
         chunks.append(
             f'Content-Type: text/{subtype}; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
-            "Content-Transfer-Encoding: base64\r\n\r\n".encode("ascii")
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
         )
-        chunks.append(base64.encodebytes(text.encode("utf-8")).replace(b"\n", crlf))
+        chunks.append(body)
     chunks.append(crlf + delimiter + b"--" + crlf)
     return b"".join(chunks)
+
+
+def transfer_encoded(text: str) -> tuple[str, bytes]:
+    """7bit for ASCII text whose lines fit in SMTP's 998 octets (a third smaller than base64,
+    and readable by any server), base64 for anything else."""
+    if text.isascii() and "\0" not in text:
+        lines = LINE_BREAK.split(text)
+        if all(len(line) <= MAX_LINE for line in lines):
+            return "7bit", "\r\n".join(lines).encode("ascii")
+    return "base64", base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")

@@ -174,10 +174,16 @@ _ANCHOR_HREF = re.compile(
 
 def add_utm(url: str, utm: Mapping[str, str]) -> str:
     """Adds UTM parameters the link does not already carry."""
+    return _with_utm(url, tuple(utm.items()))
+
+
+# Every email of a campaign tags the same few links the same way.
+@lru_cache(maxsize=4096)
+def _with_utm(url: str, utm: tuple[tuple[str, str], ...]) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     present = {key for key, _ in query}
-    query += [(key, value) for key, value in utm.items() if value and key not in present]
+    query += [(key, value) for key, value in utm if value and key not in present]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

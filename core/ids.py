@@ -40,7 +40,7 @@ def hash_secret(secret: str) -> str:
 
 
 def sign(key: str, message: bytes) -> str:
-    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    return hmac.digest(key.encode(), message, "sha256").hex()
 
 
 def signature_matches(key: str, message: bytes, signature: str) -> bool:

@@ -1,7 +1,9 @@
 """Many rows in one statement on PostgreSQL: each column travels as one array parameter and
 `unnest` turns the arrays back into rows. An executemany sends a Bind and an Execute per row,
 and psycopg's per-row work then costs more than the server's; arrays cost one round of each.
-Other databases take the rows as an executemany of the same change.
+The statement goes to psycopg directly, in the session's transaction, with the arrays in
+binary form: psycopg writes a text array at three times the cost. It does not flush the
+session. Other databases take the rows as an executemany of the same change.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, TextClause, bindparam, insert, text, update
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert, Update
@@ -21,7 +23,7 @@ _DIALECT = postgresql.dialect()
 
 def _unnest(table: Table, names: Sequence[str]) -> str:
     arrays = ", ".join(
-        f"CAST(:{name} AS {table.c[name].type.compile(dialect=_DIALECT)}[])" for name in names
+        f"CAST(%({name})b AS {table.c[name].type.compile(dialect=_DIALECT)}[])" for name in names
     )
     return f"unnest({arrays}) AS rows_({', '.join(names)})"
 
@@ -30,13 +32,16 @@ class RowsStatement:
     """A change made by a list of dicts: one array statement on PostgreSQL."""
 
     names: list[str]
-    on_postgres: TextClause
+    on_postgres: str
 
     def __call__(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
         if is_postgres(session):
-            session.execute(self.on_postgres, _as_arrays(rows, self.names))
+            driver = session.connection().connection.driver_connection
+            assert driver is not None
+            with driver.cursor() as cursor:
+                cursor.execute(self.on_postgres, _as_arrays(rows, self.names), prepare=True)
         else:
             self.elsewhere(session, rows)
 
@@ -50,7 +55,7 @@ class RowsUpdate(RowsStatement):
     def __init__(self, table: Table, key: str, columns: Sequence[str]) -> None:
         self.names = [key, *columns]
         assignments = ", ".join(f"{name} = rows_.{name}" for name in columns)
-        self.on_postgres = text(
+        self.on_postgres = (
             f"UPDATE {table.name} SET {assignments} FROM {_unnest(table, self.names)}"
             f" WHERE {table.name}.{key} = rows_.{key}"
         )
@@ -82,7 +87,7 @@ class RowsInsert(RowsStatement):
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in replace)
             action = f"DO UPDATE SET {assignments}" if replace else "DO NOTHING"
             on_conflict = f" ON CONFLICT ({', '.join(conflict)}) {action}"
-        self.on_postgres = text(
+        self.on_postgres = (
             f"INSERT INTO {table.name} ({', '.join(self.names)})"
             f" SELECT * FROM {_unnest(table, self.names)}{on_conflict}"
         )

@@ -8,7 +8,7 @@ handing psycopg Python values to convert one by one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,23 @@ def text_value(value: str | None) -> str:
 def json_value(value: Any) -> str:
     # orjson escapes every control character inside strings: only backslashes need doubling.
     return orjson.dumps(value).decode().replace("\\", "\\\\")
+
+
+def copy_line(values: Iterable[Any]) -> str:
+    """Values of the kinds rows hold (text, numbers, booleans, times, ids, JSON documents)
+    as one line of COPY text."""
+    return "\t".join([_FORMATS.get(type(value), json_value)(value) for value in values])
+
+
+_FORMATS: dict[type, Callable[[Any], str]] = {
+    type(None): lambda _: NULL,
+    str: text_value,
+    bool: lambda value: "t" if value else "f",
+    int: str,
+    float: str,
+    datetime: datetime.isoformat,
+    uuid.UUID: lambda value: value.hex,
+}
 
 
 def uuid_value(value: uuid.UUID | None) -> str:

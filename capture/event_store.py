@@ -101,11 +101,9 @@ def insert_events(session: Session, messages: list[Message]) -> list[StoredEvent
         )
         return [StoredEvent(*(getattr(row, f) for f in StoredEvent._fields)) for row in stored]
     lines = event_lines(messages)
+    # The sequence named as a literal: pg_get_serial_sequence() would be called once per row.
     ids: list[int] = session.scalar(
-        text(
-            "SELECT array_agg(nextval(pg_get_serial_sequence('events', 'id')))"
-            " FROM generate_series(1, :n)"
-        ),
+        text("SELECT array_agg(nextval('events_id_seq')) FROM generate_series(1, :n)"),
         {"n": len(lines)},
     )
     try:

@@ -1,10 +1,11 @@
 """The ingest worker: drains the capture queue in batches into contacts, visits and events.
 
 One batch is one transaction of set-based SQL: identities resolved in memory against one
-lookup, new rows inserted in bulk (COPY on PostgreSQL), profiles folded by one UPDATE (see
-capture.profiles). While a batch is stored, the next is taken and parsed on a helper thread.
-Queue entries are acked only after the commit, and messageIds already stored are skipped, so
-a redelivered or replayed batch changes nothing.
+lookup, new rows inserted in bulk (COPY on PostgreSQL; there new contacts go in with their
+whole profile), the other profiles folded by one UPDATE (see capture.profiles). While a
+batch is stored, the next is taken and parsed on a helper thread. Queue entries are acked
+only after the commit, and messageIds already stored are skipped, so a redelivered or
+replayed batch changes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import psycopg
 from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from capture.copy_text import copy_lines, default_values, text_value, time_value
+from capture.copy_text import copy_line, copy_lines, default_values, text_value, time_value
 from capture.enrichment import (
     DeviceInfo,
     Touch,
@@ -40,7 +41,7 @@ from capture.enrichment import (
     parse_user_agent,
 )
 from capture.envelope import queued_envelopes
-from capture.event_store import insert_events, parsed_event_text, publish_stored
+from capture.event_store import StoredEvent, insert_events, parsed_event_text, publish_stored
 from capture.identity import clean_json, normalize_email, normalize_phone
 from capture.merge import fold
 from capture.models import (
@@ -52,10 +53,10 @@ from capture.models import (
     FormSubmission,
     Identity,
 )
-from capture.profiles import update_profiles
+from capture.profiles import collect_deltas, fold_deltas, update_profiles, whole_profile
 from capture.queue import CaptureQueue, get_queue
-from capture.resolution import IdentityKey, KnownContact, Resolver
-from capture.visits import assign_visits
+from capture.resolution import IdentityKey, KnownContact, Resolution, Resolver
+from capture.visits import assign_visits, campaign_touch, plan_visits, write_visits
 from core.clock import clock
 from core.db import (
     bulk_insert,
@@ -107,7 +108,13 @@ class Message:
     visit_id: uuid.UUID | None = None
     channel: str | None = None
     touch: Touch | None = None  # set when this message opened a visit
+    campaign_touch: Touch | None = None  # see capture.visits.campaign_touch
     parsed_event_text: str = ""  # see capture.event_store.parsed_event_text
+
+    def unresolve(self) -> None:
+        """Forgets what a try at storing it decided, for another try."""
+        self.contact_id = uuid.UUID(int=0)
+        self.visit_id = self.channel = self.touch = None
 
 
 @dataclass
@@ -258,6 +265,7 @@ def parse_batch(envelopes: list[dict[str, Any]]) -> ParsedBatch:
             ] += 1
             continue
         message.parsed_event_text = parsed_event_text(message)
+        message.campaign_touch = campaign_touch(message)
         messages.append(message)
     return ParsedBatch(messages, bot_hits)
 
@@ -280,26 +288,66 @@ def store(session: Session, batch: ParsedBatch) -> BatchResult:
         session.flush()
         return result
     fresh.sort(key=lambda m: m.timestamp)
+    if is_postgres(session):
+        try:
+            with session.begin_nested():
+                return store_with_whole_new_contacts(session, fresh, result)
+        except RaceLost:
+            for message in fresh:
+                message.unresolve()
+    return store_in_steps(session, fresh, result)
 
+
+class RaceLost(Exception):
+    """Another worker claimed one of the batch's new keys or stored one of its messages
+    between our lookups and our writes."""
+
+
+def store_with_whole_new_contacts(
+    session: Session, fresh: list[Message], result: BatchResult
+) -> BatchResult:
+    """Stores new, unique messages in timestamp order (PostgreSQL). Contacts new in the batch
+    are inserted with their whole profile, sparing each a second write (and index entries) by
+    the profile update; only those taking part in a merge are inserted first, bare, for the
+    merge. Raises RaceLost when another worker got in the way: store_in_steps copes with it."""
+    ids = random_ids()
+    resolver = resolve_identities(session, fresh, ids)
+    plan = resolver.result
+    now = clock.now()
+    merging = set(plan.merges) | {resolver.final_contact(w) for w in plan.merges.values()}
+    whole = (plan.new_contacts - merging) & {m.contact_id for m in fresh}
+    insert_bare_contacts(session, fresh, resolver, plan.new_contacts - whole, now)
+    fold_merges(session, fresh, resolver)
+    visits = plan_visits(session, fresh, ids)
+    deltas = collect_deltas(fresh)
+    insert_contacts(
+        session,
+        [
+            {"id": id_, **whole_profile(deltas[id_], resolver.contacts[id_].is_known)}
+            for id_ in whole
+        ],
+        now,
+    )
+    new_keys = {key: resolver.final_contact(owner) for key, owner in plan.new_keys.items()}
+    if new_keys and insert_keys(session, new_keys, now):
+        raise RaceLost
+    write_visits(session, visits, fresh)
+    stored = insert_events(session, fresh)
+    if len(stored) != len(fresh):
+        raise RaceLost
+    fold_deltas(session, deltas, plan.became_known, whole)
+    return finish_batch(session, fresh, stored, plan, result)
+
+
+def store_in_steps(session: Session, fresh: list[Message], result: BatchResult) -> BatchResult:
+    """Stores new, unique messages in timestamp order, coping with other workers' writes:
+    a new key one claimed folds our new contact into its owner, a message one stored is
+    skipped."""
     ids = random_ids()
     resolver = resolve_identities(session, fresh, ids)
     plan = resolver.result
     write_identities(session, fresh, resolver)
-    if plan.merges:
-        contacts = {
-            c.id: c
-            for c in session.scalars(
-                select(Contact).where(
-                    Contact.id.in_(
-                        set(plan.merges) | {resolver.final_contact(w) for w in plan.merges.values()}
-                    )
-                )
-            )
-        }
-        fold(session, {loser: resolver.final_contact(loser) for loser in plan.merges}, contacts)
-    for message in fresh:
-        message.contact_id = resolver.final_contact(message.contact_id)
-
+    fold_merges(session, fresh, resolver)
     assign_visits(session, fresh, ids)
     stored = insert_events(session, fresh)
     if len(stored) == len(fresh):
@@ -308,6 +356,30 @@ def store(session: Session, batch: ParsedBatch) -> BatchResult:
         stored_ids = {(row.source_id, row.message_id) for row in stored}
         kept = [m for m in fresh if (m.source_id, m.message_id) in stored_ids]
     update_profiles(session, kept, plan.became_known)
+    return finish_batch(session, kept, stored, plan, result)
+
+
+def fold_merges(session: Session, messages: list[Message], resolver: Resolver) -> None:
+    """Folds the batch's merged contacts into their survivors, and points the batch's messages
+    at the survivors."""
+    plan = resolver.result
+    if plan.merges:
+        involved = set(plan.merges) | {resolver.final_contact(w) for w in plan.merges.values()}
+        contacts = {
+            c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(involved)))
+        }
+        fold(session, {loser: resolver.final_contact(loser) for loser in plan.merges}, contacts)
+    for message in messages:
+        message.contact_id = resolver.final_contact(message.contact_id)
+
+
+def finish_batch(
+    session: Session,
+    kept: list[Message],
+    stored: list[StoredEvent],
+    plan: Resolution,
+    result: BatchResult,
+) -> BatchResult:
     record_groups(session, kept)
     record_consents_and_forms(session, kept)
     publish_stored(session, stored)
@@ -424,12 +496,7 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
     stored: set[tuple[uuid.UUID, str]] = set()
     if is_postgres(session):
         rows: Iterable[Any] = session.execute(
-            text(
-                "SELECT e.source_id, e.message_id"
-                " FROM json_array_elements_text(CAST(:values AS json)) AS v(value)"
-                " JOIN events e ON e.message_id = v.value"
-            ),
-            {"values": orjson.dumps(message_ids).decode()},
+            STORED_MESSAGES, {"values": orjson.dumps(message_ids).decode()}
         )
         stored.update((row.source_id, row.message_id) for row in rows)
     else:
@@ -439,6 +506,14 @@ def skip_already_stored(session: Session, messages: list[Message]) -> list[Messa
             )
             stored.update((row.source_id, row.message_id) for row in rows)
     return [m for m in unique if (m.source_id, m.message_id) not in stored]
+
+
+# The batch's message ids already stored. `= ANY(array)` makes it one index probe per id: joined
+# to the JSON elements instead, the planner (expecting 100 of them) scans the whole table.
+STORED_MESSAGES = text(
+    "SELECT source_id, message_id FROM events"
+    " WHERE message_id = ANY(ARRAY(SELECT json_array_elements_text(CAST(:values AS json))))"
+)
 
 
 # The batch's keys, each with its owner, whether that owner is known, and the owner's user ids
@@ -510,19 +585,8 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
     """Inserts new contacts and identities. On PostgreSQL a concurrent worker may have claimed
     one of our new keys first; then our new contact folds into the owner it lost to."""
     plan = resolver.result
-    first_seen: dict[uuid.UUID, datetime] = {}
-    for message in messages:
-        first_seen.setdefault(message.contact_id, message.timestamp)
     now = clock.now()
-    if plan.new_contacts:
-        insert_contacts(
-            session,
-            [
-                (id_, resolver.contacts[id_].is_known, first_seen.get(id_, now))
-                for id_ in plan.new_contacts
-            ],
-            now,
-        )
+    insert_bare_contacts(session, messages, resolver, plan.new_contacts, now)
     if not plan.new_keys:
         return
     lost = insert_keys(session, plan.new_keys, now)
@@ -538,42 +602,54 @@ def write_identities(session: Session, messages: list[Message], resolver: Resolv
                 resolver.contacts.setdefault(row.contact_id, KnownContact(row.contact_id, True))
 
 
-NEW_CONTACT_COLUMNS = (
-    "id",
-    "is_known",
-    "first_seen_at",
-    "last_seen_at",
-    "created_at",
-    "updated_at",
-)
-
-
-def insert_contacts(
-    session: Session, contacts: list[tuple[uuid.UUID, bool, datetime]], now: datetime
+def insert_bare_contacts(
+    session: Session,
+    messages: list[Message],
+    resolver: Resolver,
+    contact_ids: Iterable[uuid.UUID],
+    now: datetime,
 ) -> None:
-    """Inserts new contacts given as (id, is_known, first seen); the profile update that
-    follows fills in the rest. On PostgreSQL they are COPYed as text (see capture.copy_text)."""
+    """Inserts new contacts with no profile but whether they are known and when they were
+    first seen (by the messages resolved to them); the profile update fills in the rest."""
+    first_seen: dict[uuid.UUID, datetime] = {}
+    for message in messages:
+        first_seen.setdefault(message.contact_id, message.timestamp)
+    insert_contacts(
+        session,
+        [
+            {
+                "id": id_,
+                "is_known": resolver.contacts[id_].is_known,
+                "first_seen_at": first_seen.get(id_, now),
+                "last_seen_at": first_seen.get(id_, now),
+            }
+            for id_ in contact_ids
+        ],
+        now,
+    )
+
+
+def insert_contacts(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Inserts new contacts given as rows of the same columns, created now; the columns not
+    given take their defaults. On PostgreSQL they are COPYed as text (see capture.copy_text)."""
+    if not rows:
+        return
     if not is_postgres(session):
         bulk_insert(
             session,
             table_of(Contact),
-            [
-                dict(zip(NEW_CONTACT_COLUMNS, (id_, known, seen, seen, now, now), strict=True))
-                for id_, known, seen in contacts
-            ],
+            [row | {"created_at": now, "updated_at": now} for row in rows],
         )
         return
-    defaults = default_values(table_of(Contact), NEW_CONTACT_COLUMNS)
+    columns = (*rows[0], "created_at", "updated_at")
+    defaults = default_values(table_of(Contact), columns)
     stamp = time_value(now)
     tail = "\t".join((stamp, stamp, *defaults.values()))
     copy_lines(
         session,
         "contacts",
-        (*NEW_CONTACT_COLUMNS, *defaults),
-        [
-            f"{id_.hex}\t{'t' if known else 'f'}\t{seen.isoformat()}\t{seen.isoformat()}\t{tail}"
-            for id_, known, seen in contacts
-        ],
+        (*columns, *defaults),
+        [f"{copy_line(row.values())}\t{tail}" for row in rows],
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -93,13 +94,46 @@ def update_profiles(
     session: Session, messages: list[Message], became_known: set[uuid.UUID]
 ) -> None:
     """Folds the batch into each contact's profile and publishes the traits that changed."""
-    deltas = collect_deltas(messages)
+    fold_deltas(session, collect_deltas(messages), became_known)
+
+
+def fold_deltas(
+    session: Session,
+    deltas: dict[uuid.UUID, ProfileDelta],
+    became_known: set[uuid.UUID],
+    inserted: AbstractSet[uuid.UUID] = frozenset(),
+) -> None:
+    """update_profiles from the batch's deltas; the `inserted` contacts were inserted with
+    their whole profile (see whole_profile), so only their traits remain to be published."""
     if not deltas:
         return
     if is_postgres(session):
-        _apply_in_database(session, deltas, became_known)
+        _apply_in_database(session, deltas, became_known, inserted)
     else:
-        _apply_in_python(session, deltas, became_known)
+        _apply_in_python(session, deltas, became_known, inserted)
+
+
+def whole_profile(delta: ProfileDelta, is_known: bool) -> dict[str, Any]:
+    """The profile columns of a contact new in this batch, as folding its delta into an
+    empty profile would leave them."""
+    no_touch = (None, None, None, None, None)
+    first_touch = delta.first_touch or no_touch
+    last_touch = delta.last_touch or no_touch
+    return {
+        "is_known": is_known,
+        "first_seen_at": delta.first_seen,
+        "last_seen_at": delta.last_seen,
+        "page_views": delta.page_views,
+        "event_counts": dict(delta.event_counts),
+        "traits": {k: v for k, v in delta.traits.items() if v is not None},
+        "user_id": delta.user_id,
+        "email": delta.email,
+        "phone": delta.phone,
+        "timezone": delta.timezone,
+        **{f"first_touch_{p}": v for p, v in zip(TOUCH_PARTS, first_touch, strict=True)},
+        **{f"last_touch_{p}": v for p, v in zip(TOUCH_PARTS, last_touch, strict=True)},
+        "lifecycle_stage": "subscriber" if is_known else None,
+    }
 
 
 def _trait_changes(
@@ -192,9 +226,16 @@ FOLD_DELTAS = text(
 
 
 def _apply_in_database(
-    session: Session, deltas: dict[uuid.UUID, ProfileDelta], became_known: set[uuid.UUID]
+    session: Session,
+    deltas: dict[uuid.UUID, ProfileDelta],
+    became_known: set[uuid.UUID],
+    inserted: AbstractSet[uuid.UUID],
 ) -> None:
-    with_traits = [contact_id for contact_id, delta in deltas.items() if delta.traits]
+    with_traits = [
+        contact_id
+        for contact_id, delta in deltas.items()
+        if delta.traits and contact_id not in inserted
+    ]
     current_traits: dict[uuid.UUID, dict[str, Any]] = {}
     if with_traits:
         current_traits = dict(
@@ -221,9 +262,11 @@ def _apply_in_database(
             "became_known": contact_id in became_known,
         }
         for contact_id, d in deltas.items()
+        if contact_id not in inserted
     ]
-    # One JSON document rather than a list per column: psycopg adapts lists in Python.
-    session.execute(FOLD_DELTAS, {"now": clock.now(), "deltas": orjson.dumps(rows).decode()})
+    if rows:
+        # One JSON document rather than a list per column: psycopg adapts lists in Python.
+        session.execute(FOLD_DELTAS, {"now": clock.now(), "deltas": orjson.dumps(rows).decode()})
     _publish_trait_changes(session, changes, current_traits)
 
 
@@ -254,11 +297,14 @@ PROFILE_COLUMNS = (
 
 
 def _apply_in_python(
-    session: Session, deltas: dict[uuid.UUID, ProfileDelta], became_known: set[uuid.UUID]
+    session: Session,
+    deltas: dict[uuid.UUID, ProfileDelta],
+    became_known: set[uuid.UUID],
+    inserted: AbstractSet[uuid.UUID],
 ) -> None:
     """One SELECT of the profiles, combined here, one executemany back."""
     current = {}
-    ids = list(deltas)
+    ids = [contact_id for contact_id in deltas if contact_id not in inserted]
     for start in range(0, len(ids), 500):
         for row in session.execute(
             select(*PROFILE_COLUMNS).where(Contact.id.in_(ids[start : start + 500]))
@@ -269,6 +315,8 @@ def _apply_in_python(
     now = clock.now()
     updates: list[dict[str, Any]] = []
     for contact_id, delta in deltas.items():
+        if contact_id in inserted:
+            continue
         row = current[contact_id]
         counts = dict(row.event_counts or {})
         for name, count in delta.event_counts.items():

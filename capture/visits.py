@@ -62,12 +62,14 @@ OPEN_VISIT_COLUMNS = (
     "page_views",
     "event_count",
 )
+# One index probe per contact on (contact_id, last_event_at): as a plain join the planner
+# (expecting 100 ids) would read the whole index.
 LATEST_VISITS = text(
-    "SELECT DISTINCT ON (t.contact_id) "
+    "SELECT "
     + ", ".join(f"t.{column}" for column in OPEN_VISIT_COLUMNS)
     + " FROM json_array_elements_text(CAST(:ids AS json)) AS v(value)"
-    " JOIN visits t ON t.contact_id = CAST(v.value AS uuid)"
-    " ORDER BY t.contact_id, t.last_event_at DESC"
+    " CROSS JOIN LATERAL (SELECT * FROM visits WHERE contact_id = CAST(v.value AS uuid)"
+    " ORDER BY last_event_at DESC LIMIT 1) AS t"
 )
 
 
@@ -75,6 +77,13 @@ def assign_visits(session: Session, messages: list[Message], ids: Iterator[uuid.
     """Sets visit_id, channel and (for visit-opening messages) touch on each message, then
     writes new and extended visits in bulk; new visits take their ids from `ids`. Messages
     must be in timestamp order."""
+    write_visits(session, plan_visits(session, messages, ids), messages)
+
+
+def plan_visits(
+    session: Session, messages: list[Message], ids: Iterator[uuid.UUID]
+) -> list[OpenVisit]:
+    """assign_visits up to the writing: returns the new and extended visits to write."""
     timeout = timedelta(minutes=get_settings().session_timeout_minutes)
     current = latest_visits(session, {m.contact_id for m in messages})
     touched: dict[uuid.UUID, OpenVisit] = {}
@@ -83,14 +92,9 @@ def assign_visits(session: Session, messages: list[Message], ids: Iterator[uuid.
         in_session = visit is not None and m.timestamp - visit.last_event_at <= timeout
         if m.url is None and not in_session:
             continue  # a server-side call outside any visit belongs to no visit
-        touch = None
-        if m.url is not None and (not in_session or _may_start_campaign(m)):
-            campaign = _campaign(m)
-            touch = (
-                touch_for(m.url, m.referrer, campaign)
-                if campaign
-                else _touch_of_page(m.url, m.referrer)
-            )
+        touch = m.campaign_touch
+        if touch is None and m.url is not None and not in_session:
+            touch = _touch_of_page(m.url, m.referrer)
         if not in_session or (touch is not None and _new_campaign(touch, visit)):
             touch = touch or DIRECT
             visit = _open(m, touch, next(ids))
@@ -103,7 +107,7 @@ def assign_visits(session: Session, messages: list[Message], ids: Iterator[uuid.
         m.visit_id = visit.id
         m.channel = visit.channel
         touched[visit.id] = visit
-    write_visits(session, touched.values(), messages)
+    return list(touched.values())
 
 
 def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UUID, OpenVisit]:
@@ -115,8 +119,7 @@ def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UU
     found: dict[uuid.UUID, OpenVisit] = {}
     ids = list(contact_ids)
     if is_postgres(session):
-        # The ids as one JSON parameter (see capture.ingest); one index probe
-        # per contact on (contact_id, last_event_at).
+        # The ids as one JSON parameter (see capture.ingest).
         rows: Any = session.execute(
             LATEST_VISITS,
             {"ids": orjson.dumps(ids).decode()},
@@ -137,6 +140,18 @@ def latest_visits(session: Session, contact_ids: set[uuid.UUID]) -> dict[uuid.UU
         )
         found.update((row[2], OpenVisit(*row)) for row in rows)
     return found
+
+
+def campaign_touch(message: Message) -> Touch | None:
+    """The touch of a page view carrying campaign data, which may open a visit mid-session.
+    Ingest works it out while parsing, on the helper thread: parsing the URLs is the costliest
+    part of sessionizing, and every such touch is needed."""
+    if message.url is None or not _may_start_campaign(message):
+        return None
+    campaign = _campaign(message)
+    if campaign:
+        return touch_for(message.url, message.referrer, campaign)
+    return _touch_of_page(message.url, message.referrer)
 
 
 @lru_cache(maxsize=8192)
@@ -210,7 +225,7 @@ NEW_VISIT_COLUMNS = (
 )
 
 
-def write_visits(session: Session, visits: Any, messages: list[Message]) -> None:
+def write_visits(session: Session, visits: list[OpenVisit], messages: list[Message]) -> None:
     openers = {m.visit_id: m for m in messages if m.touch is not None}
     new_rows: list[tuple[Any, ...]] = []
     changed_rows = []

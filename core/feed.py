@@ -36,7 +36,7 @@ _SELECTED_KEY = "nurture_feed_selected"
 _NUMBERING_LOCK = 0x6E75727475726546
 _NUMBER_ON_POSTGRES = text(
     "UPDATE change_feed SET position = numbered.position FROM ("
-    " SELECT id, nextval(pg_get_serial_sequence('change_feed', 'id')) AS position"
+    " SELECT id, nextval('change_feed_id_seq') AS position"
     " FROM (SELECT id FROM change_feed WHERE position IS NULL ORDER BY id) AS own"
     ") AS numbered WHERE change_feed.id = numbered.id"
 )
@@ -124,7 +124,7 @@ def _insert_selected(session: Session) -> None:
                 "INSERT INTO change_feed (id, position, kind, contact_id, payload, created_at)"
                 " SELECT numbered.id, numbered.id, kind, contact_id, payload,"
                 " CAST(:feed_now AS timestamptz) FROM ("
-                " SELECT nextval(pg_get_serial_sequence('change_feed', 'id')) AS id, changes.*"
+                " SELECT nextval('change_feed_id_seq') AS id, changes.*"
                 f" FROM ({changes}) AS changes(kind, contact_id, payload)) AS numbered"
             ),
             {**params, "feed_now": now},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -179,12 +180,12 @@ def _insert_new_events(session: Session, lines: list[str]) -> list[StoredEvent]:
     return [StoredEvent(*row) for row in stored]
 
 
-# The changes of the stored events, read back by id in the order they were stored.
+# The changes of the stored events, in the order they were stored, from what their INSERT
+# returned: (contact id, payload) pairs as one JSON document, which PostgreSQL reads far faster
+# than it would look each event up again.
 _STORED_CHANGES = (
-    "SELECT CAST(:kind AS varchar), e.contact_id,"
-    " jsonb_build_object('event_id', e.id, 'type', e.type, 'name', e.name)"
-    " FROM unnest(CAST(:event_ids AS bigint[])) WITH ORDINALITY AS s(id, n)"
-    " JOIN events e ON e.id = s.id ORDER BY s.n"
+    "SELECT CAST(:kind AS varchar), CAST(r->>0 AS uuid), CAST(r->1 AS jsonb)"
+    " FROM json_array_elements(CAST(:changes AS json)) WITH ORDINALITY AS s(r, n) ORDER BY n"
 )
 
 
@@ -192,9 +193,14 @@ def publish_stored(session: Session, stored: list[StoredEvent]) -> None:
     """One `event_stored` change per stored event, in the order the events were stored."""
     if is_postgres(session):
         if stored:
-            ids = ",".join(str(row.id) for row in stored)
+            changes = orjson.dumps(
+                [
+                    (row.contact_id, {"event_id": row.id, "type": row.type, "name": row.name})
+                    for row in stored
+                ]
+            ).decode()
             feed.publish_selected(
-                session, _STORED_CHANGES, {"kind": feed.EVENT_STORED, "event_ids": f"{{{ids}}}"}
+                session, _STORED_CHANGES, {"kind": feed.EVENT_STORED, "changes": changes}
             )
         return
     feed.publish(

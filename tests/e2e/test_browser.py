@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 from sqlalchemy import select
 
 from api.app import create_server_app
@@ -212,7 +212,8 @@ def test_visitor_from_a_baidu_ad_becomes_one_contact_with_channel_consent_and_ti
     with page.expect_response(lambda r: r.url.endswith("/submit")) as refused:
         page.click("form.nurture-form button[type=submit]")
     assert refused.value.status == 422
-    assert page.text_content("[data-error-for=email]") == "is not a valid email address"
+    # The response arrives before the form's script has written the message: wait for it.
+    expect(page.locator("[data-error-for=email]")).to_have_text("is not a valid email address")
     page.fill("input[name=email]", "  Ann.Lee@Example.COM ")
     page.fill("input[name=phone]", "138 0013 8000")
     page.fill("input[name=first_name]", "Ann")

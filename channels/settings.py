@@ -53,9 +53,10 @@ class ChannelSettings(BaseSettings):
     sms_per_number_per_day: int = 10
     soft_bounce_max_attempts: int = 4
     send_max_attempts: int = 5
-    # One task sends up to this many queued messages of a channel, sharing the policy queries;
-    # each message is still claimed in its own commit before it goes out.
-    send_batch_size: int = Field(default=25, ge=1, le=100)
+    # One task sends up to this many queued messages of a channel, sharing the policy queries,
+    # the reservation and the record of outcomes; each message is still claimed in its own
+    # commit before it goes out. 100 sends ~7% more emails a second than 25 (bench/channels.py).
+    send_batch_size: int = Field(default=100, ge=1, le=1000)
     webhook_max_attempts: int = 6
     robot_messages_per_minute: int = 20
     retry_base_seconds: int = 60

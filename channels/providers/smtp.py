@@ -4,9 +4,12 @@ drops it, and starts a fresh one after a set number of messages."""
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
 import threading
+from contextlib import suppress
+from functools import lru_cache
 
 from channels.outcome import Outcome, Result
 from channels.settings import ChannelSettings
@@ -90,7 +93,7 @@ class SmtpConnection:
                 except (smtplib.SMTPException, OSError) as exc:
                     return Outcome(Result.retry, "smtp_connect", str(exc))
             try:
-                self._smtp.sendmail(sender, [recipient], data)
+                send_one(self._smtp, sender, recipient, data)
             except smtplib.SMTPRecipientsRefused as exc:
                 code, reply = exc.recipients[recipient]
                 return classify_reply(code, reply)
@@ -107,6 +110,59 @@ class SmtpConnection:
             self._sent_on_connection += 1
             return Outcome.sent(message_id)
         return Outcome(Result.retry, "smtp_disconnected", "the server closed the connection")
+
+
+def send_one(smtp: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> None:
+    """smtplib's `sendmail` for one recipient, raising the same exceptions, without parsing
+    both envelope addresses with email.utils for every message (~50 µs an email, a fortieth
+    of a worker's CPU per email)."""
+    smtp.ehlo_or_helo_if_needed()
+    size = f" size={len(data)}" if smtp.does_esmtp and smtp.has_extn("size") else ""
+    smtp.putcmd("mail", f"from:{envelope_address(sender)}{size}")
+    code, reply = smtp.getreply()
+    if code != 250:
+        _abandon(smtp, code)
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    smtp.putcmd("rcpt", f"to:{envelope_address(recipient)}")
+    code, reply = smtp.getreply()
+    if code not in (250, 251):
+        _abandon(smtp, code)
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    code, reply = smtp.data(data)
+    if code != 250:
+        _abandon(smtp, code)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+# A bare address of dot-atoms, as normalised contact addresses are: smtplib would quote it as
+# it is.
+PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+def envelope_address(address: str) -> str:
+    """The address as MAIL FROM and RCPT TO carry it, as smtplib.quoteaddr gives it."""
+    if PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return _quoted(address)
+
+
+@lru_cache(maxsize=256)
+def _quoted(address: str) -> str:
+    # The sender, with its display name, is the same for every message.
+    return smtplib.quoteaddr(address)
+
+
+def _abandon(smtp: smtplib.SMTP, code: int) -> None:
+    """After a refusal: 421 means the server is closing the session, anything else leaves it
+    usable once the transaction is reset."""
+    if code == 421:
+        smtp.close()
+    else:
+        with suppress(smtplib.SMTPServerDisconnected):
+            smtp.rset()
 
 
 _pool: SmtpConnection | None = None

@@ -60,6 +60,8 @@ def channels_env(
     port, handler = smtp_server
     handler.messages.clear()
     handler.rejections.clear()
+    handler.sender_rejections.clear()
+    handler.data_rejections.clear()
     dysms.sent.clear()
     dysms.script.clear()
     dysms.rejected.clear()

@@ -51,11 +51,15 @@ class ReceivedMail:
 
 
 class MailHandler:
-    """Accepts mail, except for addresses told to answer with a given SMTP reply."""
+    """Accepts mail, except for addresses told to answer with a given SMTP reply: recipients
+    at RCPT (`rejections`) or after DATA (`data_rejections`), senders at MAIL
+    (`sender_rejections`)."""
 
     def __init__(self) -> None:
         self.messages: list[ReceivedMail] = []
         self.rejections: dict[str, str] = {}
+        self.sender_rejections: dict[str, str] = {}
+        self.data_rejections: dict[str, str] = {}
         self.connections = 0
 
     async def handle_EHLO(
@@ -70,6 +74,15 @@ class MailHandler:
         session.host_name = hostname
         return responses
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.sender_rejections:
+            return self.sender_rejections[address]
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -79,6 +92,9 @@ class MailHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for recipient in envelope.rcpt_tos:
+            if recipient in self.data_rejections:
+                return self.data_rejections[recipient]
         content = envelope.original_content or b""
         self.messages.append(
             ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))

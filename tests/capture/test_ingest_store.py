@@ -7,13 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from api.app import create_app
 from capture import ingest
 from capture.event_store import insert_events
 from capture.ingest import decode_entries, parse_batch
-from capture.models import Identity
+from capture.models import Contact, Identity
 from capture.queue import get_queue
 from capture.sources import create_source
 from core.db import session_scope
@@ -123,3 +124,70 @@ def test_profiles_fold_across_batches_without_losing_counts_or_touches(client, w
     assert contact.traits == {"plan": "team"}
     assert contact.timezone == "Asia/Shanghai"
     assert not contact.is_known and contact.lifecycle_stage is None
+
+
+def test_a_contact_inserted_whole_has_the_profile_the_step_by_step_path_gives_it(pg_backend):
+    # PostgreSQL only: new contacts are COPYed with their whole profile there (whole_profile),
+    # and the step-by-step path (store_in_steps) is what a batch falls back to after a race.
+    with session_scope() as session:
+        _, write_key = create_source(session, "whole site", ["https://www.example.com"])
+    at = [(T0 + timedelta(minutes=minutes)).isoformat() for minutes in range(60)]
+    with TestClient(create_app()) as client:
+        send(
+            client,
+            write_key,
+            page("ann", "https://www.example.com/?utm_source=baidu&utm_medium=cpc&utm_campaign=crm",
+                 T0, "https://www.baidu.com/s?wd=crm"),
+            {"type": "track", "anonymousId": "ann", "event": "Viewed Pricing",
+             "properties": {"plan": "team"}, "timestamp": at[1]},
+            {"type": "identify", "anonymousId": "ann", "userId": "u-ann", "timestamp": at[2],
+             "traits": {"email": "Ann@Corp.CN", "phone": "13800138000", "name": "Ann",
+                        "title": None},
+             "context": {"timezone": "Asia/Shanghai"}},
+            page("bob", "https://www.example.com/pricing", T0 + timedelta(minutes=3),
+                 "https://mp.weixin.qq.com/"),
+            page("bob", "https://www.example.com/demo", T0 + timedelta(minutes=50)),
+            {"type": "track", "anonymousId": "bob", "event": "Requested Demo", "timestamp": at[51]},
+            {"type": "identify", "userId": "u-cat", "traits": {"company": "Acme"},
+             "timestamp": at[4]},
+        )  # fmt: skip
+    envelopes = decode_entries(get_queue().take("whole-or-steps", 100, 0))
+    profiles = []
+    for path in (_stored_whole, _stored_in_steps):
+        with session_scope() as session:
+            session.execute(text("TRUNCATE contacts CASCADE"))
+        with session_scope() as session:
+            path(session, parse_batch(envelopes).messages)
+        profiles.append(_profiles_by_identity())
+    whole, in_steps = profiles
+    assert whole == in_steps
+    assert len(whole) == 3
+
+
+def _stored_whole(session: Session, messages: list[ingest.Message]) -> None:
+    messages.sort(key=lambda m: m.timestamp)
+    with session.begin_nested():  # RaceLost, which nothing here should cause, would raise
+        ingest.store_with_whole_new_contacts(session, messages, ingest.BatchResult())
+
+
+def _stored_in_steps(session: Session, messages: list[ingest.Message]) -> None:
+    messages.sort(key=lambda m: m.timestamp)
+    ingest.store_in_steps(session, messages, ingest.BatchResult())
+
+
+def _profiles_by_identity() -> dict[tuple[tuple[str, str], ...], dict[str, Any]]:
+    """Every contact's profile columns (its own ids and write times left out), keyed by its
+    identities, so two runs that made different contact ids compare."""
+    left_out = {"id", "created_at", "updated_at"}
+    with session_scope() as session:
+        keys: dict[Any, list[tuple[str, str]]] = {}
+        for identity in session.scalars(select(Identity)):
+            keys.setdefault(identity.contact_id, []).append((identity.kind, identity.value))
+        return {
+            tuple(sorted(keys[contact.id])): {
+                column.key: getattr(contact, column.key)
+                for column in Contact.__table__.columns
+                if column.key not in left_out
+            }
+            for contact in session.scalars(select(Contact))
+        }

@@ -58,10 +58,7 @@ def channels_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     port, handler = smtp_server
-    handler.messages.clear()
-    handler.rejections.clear()
-    handler.sender_rejections.clear()
-    handler.data_rejections.clear()
+    handler.reset()
     dysms.sent.clear()
     dysms.script.clear()
     dysms.rejected.clear()

@@ -62,6 +62,13 @@ class MailHandler:
         self.data_rejections: dict[str, str] = {}
         self.connections = 0
 
+    def reset(self) -> None:
+        """Forgets the mail received and the replies set up, for the next test."""
+        self.messages.clear()
+        self.rejections.clear()
+        self.sender_rejections.clear()
+        self.data_rejections.clear()
+
     async def handle_EHLO(
         self,
         server: SMTP,

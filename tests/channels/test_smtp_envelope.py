@@ -39,10 +39,7 @@ def test_envelope_addresses_are_quoted_as_smtplib_quotes_them(address: str) -> N
 @pytest.fixture
 def connection(smtp_server: tuple[int, MailHandler]) -> SmtpConnection:
     port, handler = smtp_server
-    handler.messages.clear()
-    handler.rejections.clear()
-    handler.sender_rejections.clear()
-    handler.data_rejections.clear()
+    handler.reset()
     settings = ChannelSettings(smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none")
     return SmtpConnection(settings)
 

@@ -3,7 +3,8 @@
 One batch is one transaction of set-based SQL: identities resolved in memory against one
 lookup, new rows inserted in bulk (COPY on PostgreSQL; there new contacts go in with their
 whole profile), the other profiles folded by one UPDATE (see capture.profiles). While a
-batch is stored, the next is taken and parsed on a helper thread. Queue entries are acked
+batch is stored, the next is taken and parsed on a helper thread; on PostgreSQL a batch is
+stored in parts, by visitor, on parallel lanes (see capture.lanes). Queue entries are acked
 only after the commit, and messageIds already stored are skipped, so a redelivered or
 replayed batch changes nothing.
 """
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import bindparam, select, text, tuple_, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from capture.copy_text import copy_line, copy_lines, default_values, text_value, time_value
@@ -43,6 +45,7 @@ from capture.enrichment import (
 from capture.envelope import queued_envelopes
 from capture.event_store import StoredEvent, insert_events, parsed_event_text, publish_stored
 from capture.identity import clean_json, normalize_email, normalize_phone
+from capture.lanes import StoreLanes
 from capture.merge import fold
 from capture.models import (
     BotHit,
@@ -61,6 +64,7 @@ from core.clock import clock
 from core.db import (
     bulk_insert,
     dialect_insert,
+    get_engine,
     get_sessionmaker,
     insert_new,
     is_postgres,
@@ -130,11 +134,24 @@ def drain_queue(queue: CaptureQueue | None = None, consumer: str | None = None) 
     """Processes everything queued right now; returns how many events were stored."""
     queue = queue or get_queue()
     consumer = consumer or default_consumer_name()
-    with seldom_collected():
-        return sum(
-            store_batch(queue, entries, batch).stored
-            for entries, batch in prepared_batches(queue, consumer, 0)
-        )
+    with seldom_collected(), store_lanes(queue) as lanes:
+        for entries, batch in prepared_batches(queue, consumer, 0):
+            hand_to_lanes(lanes, entries, batch)
+        return sum(result.stored for result in lanes.finish())
+
+
+def store_lanes(queue: CaptureQueue) -> StoreLanes[ParsedBatch, BatchResult]:
+    """Parallel lanes on PostgreSQL (see capture.lanes); SQLite takes one writer at a time."""
+    postgres = get_engine().dialect.name == "postgresql"
+    return StoreLanes(get_settings().ingest_lanes if postgres else 1, store_part, queue.ack)
+
+
+def hand_to_lanes(
+    lanes: StoreLanes[ParsedBatch, BatchResult],
+    entries: list[tuple[str, bytes]],
+    batch: ParsedBatch,
+) -> None:
+    lanes.store([entry_id for entry_id, _ in entries], batch.split(lanes.count))
 
 
 # A batch allocates some hundred thousand dicts and lists that reference counting frees. At
@@ -213,8 +230,10 @@ def run_forever(block_ms: int = 1000) -> None:
     gc.set_threshold(*INGEST_GC_THRESHOLDS)
     while running:
         try:
-            for entries, batch in prepared_batches(queue, consumer, block_ms, lambda: running):
-                store_batch(queue, entries, batch)
+            with store_lanes(queue) as lanes:
+                for entries, batch in prepared_batches(queue, consumer, block_ms, lambda: running):
+                    hand_to_lanes(lanes, entries, batch)
+                lanes.finish()
         except Exception:
             # The entries stay pending and are reclaimed; a broken batch must not stop ingest.
             log.exception("ingest batch failed; it will be retried")
@@ -225,10 +244,6 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def process_entries(queue: CaptureQueue, entries: list[tuple[str, bytes]]) -> BatchResult:
-    return store_batch(queue, entries, parse_batch(decode_entries(entries)))
-
-
 def decode_entries(entries: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     envelopes: list[dict[str, Any]] = []
     for _entry_id, payload in entries:
@@ -236,21 +251,50 @@ def decode_entries(entries: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     return envelopes
 
 
-def store_batch(
-    queue: CaptureQueue, entries: list[tuple[str, bytes]], batch: ParsedBatch
-) -> BatchResult:
-    """Stores a parsed batch in one transaction, then acks its entries."""
-    with get_sessionmaker()() as session:
-        result = store(session, batch)
-        session.commit()
-    queue.ack([entry_id for entry_id, _ in entries])
-    return result
+DEADLOCK_RETRIES = 3
+
+
+def store_part(batch: ParsedBatch) -> BatchResult:
+    """Stores a parsed batch (or a lane's part of one) in one transaction. Concurrent
+    transactions touching the same contacts can deadlock; PostgreSQL then undoes one, which
+    is tried again from the start."""
+    attempt = 1
+    while True:
+        try:
+            with get_sessionmaker()() as session:
+                result = store(session, batch)
+                session.commit()
+            return result
+        except (OperationalError, psycopg.errors.DeadlockDetected) as error:
+            # COPY goes through psycopg directly, so its errors come unwrapped.
+            cause = error.orig if isinstance(error, OperationalError) else error
+            if attempt == DEADLOCK_RETRIES or not isinstance(
+                cause, psycopg.errors.DeadlockDetected
+            ):
+                raise
+            log.info("ingest batch deadlocked with another; trying it again (%d)", attempt)
+            attempt += 1
+            for message in batch.messages:
+                message.unresolve()
 
 
 @dataclass
 class ParsedBatch:
     messages: list[Message]
     bot_hits: Counter[tuple[uuid.UUID, date, str]]
+
+    def split(self, parts: int) -> list[ParsedBatch]:
+        """The batch in `parts` parts by visitor (anonymous id, else user id): a visitor's
+        messages stay together and in order. Bot hits go with the first part."""
+        if parts <= 1:
+            return [self]
+        messages: list[list[Message]] = [[] for _ in range(parts)]
+        for message in self.messages:
+            messages[hash(message.anonymous_id or message.user_id) % parts].append(message)
+        return [
+            ParsedBatch(part, self.bot_hits if index == 0 else Counter())
+            for index, part in enumerate(messages)
+        ]
 
 
 def parse_batch(envelopes: list[dict[str, Any]]) -> ParsedBatch:
@@ -293,6 +337,7 @@ def store(session: Session, batch: ParsedBatch) -> BatchResult:
             with session.begin_nested():
                 return store_with_whole_new_contacts(session, fresh, result)
         except RaceLost:
+            log.info("ingest batch raced another worker; storing it step by step")
             for message in fresh:
                 message.unresolve()
     return store_in_steps(session, fresh, result)

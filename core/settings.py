@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
     capture_stream: str = "nurture:capture"
+    ingest_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Ingest transactions a worker keeps in flight on PostgreSQL (one on SQLite).",
+    )
 
     @model_validator(mode="after")
     def refuse_default_secret_in_production(self) -> Settings:

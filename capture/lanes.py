@@ -48,7 +48,6 @@ class StoreLanes(Generic[Part, Result]):
             for lane in range(self.count if self.count > 1 else 0)
         ]
         self.pending: list[deque[Future[Result]]] = [deque() for _ in self.executors]
-        self._lock = threading.Lock()
 
     def store(self, entry_ids: list[str], parts: Sequence[Part]) -> None:
         """Stores part i of a batch on lane i; acks `entry_ids` once every part has committed."""
@@ -73,9 +72,8 @@ class StoreLanes(Generic[Part, Result]):
         return self.results
 
     def _collect(self, future: Future[Result]) -> None:
-        result = future.result()
-        with self._lock:
-            self.results.append(result)
+        # Only the calling thread collects, so the results list needs no lock.
+        self.results.append(future.result())
 
     def __enter__(self) -> StoreLanes[Part, Result]:
         return self

@@ -4,6 +4,7 @@ two lanes can meet on PostgreSQL."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -247,3 +248,37 @@ def _envelope(message: dict[str, Any]) -> dict[str, Any]:
     meta = {"sourceId": str(uuid.UUID(int=1)), "ip": "203.0.113.9", "userAgent": CHROME}
     body = {"messageId": str(uuid.uuid4()), **message}
     return envelope_for_single(body, body["type"], T0, meta, timedelta(minutes=5))
+
+
+def test_parsing_gives_the_gil_to_a_thread_waiting_on_io_every_few_dozen_messages():
+    # With a switch interval far longer than the parse, only the parser's own pauses let the
+    # other thread (a lane coming back from PostgreSQL, here from a short sleep) run.
+    envelopes = [
+        _envelope(page(f"visitor-{visitor}", SITE, T0) | {"messageId": f"m-{visitor}"})
+        for visitor in range(40 * ingest.GIVE_WAY_EVERY)
+    ]
+    parsing = threading.Event()
+    wakeups = 0
+
+    def lane() -> None:
+        nonlocal wakeups
+        parsing.wait()
+        while parsing.is_set():
+            time.sleep(0.0001)
+            wakeups += 1
+
+    other = threading.Thread(target=lane)
+    other.start()
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(30)
+    try:
+        parsing.set()
+        time.sleep(0.01)  # the other thread is in its loop
+        before = wakeups
+        parse_batch(envelopes)
+        during = wakeups - before
+        parsing.clear()
+    finally:
+        sys.setswitchinterval(previous)
+        other.join()
+    assert during >= 10

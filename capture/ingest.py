@@ -44,7 +44,7 @@ from capture.enrichment import (
 )
 from capture.envelope import queued_envelopes
 from capture.event_store import StoredEvent, insert_events, parsed_event_text, publish_stored
-from capture.identity import clean_json, normalize_email, normalize_phone
+from capture.identity import clean_json_each, normalize_email, normalize_phone
 from capture.lanes import StoreLanes
 from capture.merge import fold
 from capture.models import (
@@ -447,9 +447,13 @@ def finish_batch(
 
 
 def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
-    context = clean_json(envelope.get("context") or {})
-    properties = clean_json(envelope.get("properties") or {})
-    traits = clean_json(envelope.get("traits") or {})
+    context, properties, traits = clean_json_each(
+        [
+            envelope.get("context") or {},
+            envelope.get("properties") or {},
+            envelope.get("traits") or {},
+        ]
+    )
     assert isinstance(context, dict) and isinstance(properties, dict) and isinstance(traits, dict)
     page = context["page"] if isinstance(context.get("page"), dict) else {}
     kind = envelope["type"]

@@ -164,10 +164,9 @@ def _may_start_campaign(message: Message) -> bool:
     """Cheap test that spares parsing the URL of the many in-session page views with no
     campaign data; only a message with campaign data can open a new visit mid-session."""
     url = message.url or ""
-    return (
-        _campaign(message) is not None
-        or "utm_" in url
-        or any(kind.param in url for kind in CLICK_ID_KINDS)
+    return _campaign(message) is not None or (
+        # Campaign parameters come in the query string, which most in-session pages have none of.
+        "?" in url and ("utm_" in url or any(kind.param in url for kind in CLICK_ID_KINDS))
     )
 
 

@@ -1,10 +1,15 @@
+from urllib.parse import parse_qsl, urlsplit
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capture.enrichment import (
     CHANNELS,
     MAX_VALUE_LENGTH,
     DeviceInfo,
     Touch,
+    _query_params,
     anonymize_ip,
     parse_user_agent,
     touch_for,
@@ -436,3 +441,16 @@ def test_malformed_urls_never_raise(url, referrer):
 def test_spoofed_brand_domains_are_not_search_engines():
     assert touch_for(PAGE, "https://google.evil-site.com/").channel == "referral"
     assert touch_for(PAGE, "https://notbaidu.com/").channel == "referral"
+
+
+QUERY_PIECES = [*"&=%+;#? aZ_-.", "%41", "%e7%ba", "%ZZ", "线", "utm_source", "bd_vid"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(query=st.lists(st.sampled_from(QUERY_PIECES), max_size=30).map("".join))
+def test_query_parameters_are_read_as_parse_qsl_reads_them(query):
+    url = f"https://www.example.cn/landing?{query}"
+    expected: dict[str, str] = {}
+    for name, value in parse_qsl(urlsplit(url.strip()).query):
+        expected.setdefault(name.lower(), value)
+    assert _query_params(url) == expected

@@ -2,6 +2,7 @@ import pytest
 
 from capture.identity import (
     clean_json,
+    clean_json_each,
     normalize_email,
     normalize_phone,
     strip_control_characters,
@@ -172,6 +173,28 @@ def test_clean_json_leaves_clean_data_untouched_and_copies_what_it_changes():
 )
 def test_clean_json_fast_path_never_lets_a_dirty_value_through(dirty):
     assert clean_json(dirty) is not dirty
+
+
+DIRTY_ONES = [
+    {"x": "bell\u0007"},
+    {"k\u0001": "key"},
+    [[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]],
+    {"long": "x" * 20_000},
+]
+
+
+@pytest.mark.parametrize("dirty", DIRTY_ONES)
+def test_clean_json_each_cleans_each_value_as_clean_json_does(dirty):
+    clean = {"page": {"url": "https://www.example.cn/", "title": "制造业"}}
+    cleaned = clean_json_each([clean, dirty, {}])
+    assert cleaned == [clean, clean_json(dirty), {}]
+    assert cleaned[0] is clean and cleaned[1] is not dirty
+
+
+def test_clean_json_each_hands_clean_values_back_as_they_are():
+    values = [{"a": {"b": ["c"]}}, {"t": "tab\tok"}, {}]
+    cleaned = clean_json_each(values)
+    assert all(after is before for after, before in zip(cleaned, values, strict=True))
 
 
 def test_clean_json_truncates_long_strings_and_keys():

@@ -276,6 +276,8 @@ def touch_for(url: str | None, referrer: str | None, campaign: dict | None = Non
     given = campaign if isinstance(campaign, dict) else {}
 
     def utm(name: str, campaign_key: str) -> str | None:
+        if not (params or given):
+            return None  # most landings carry no campaign at all
         return _clean(params.get(f"utm_{name}")) or _clean(given.get(campaign_key))
 
     source = _normalize_source(utm("source", "source"))
@@ -395,13 +397,23 @@ def _query_params(url: str | None) -> dict[str, str]:
     return params
 
 
+# The host of a plain http(s) URL, read without urlsplit: referrers are mostly unique strings
+# (search result links), so its cache never hits, and a split costs half of a whole touch.
+# Anything else (other schemes, user info, IPv6, stray spaces) goes to urlsplit.
+PLAIN_URL_HOST = re.compile(r"https?://([A-Za-z0-9.-]+)(?::[0-9]*)?(?=[/?#]|$)")
+
+
 def _host(url: str | None) -> str | None:
     if not isinstance(url, str) or not url.strip():
         return None
-    try:
-        host = urlsplit(url.strip()).hostname
-    except ValueError:
-        return None
+    plain = PLAIN_URL_HOST.match(url)
+    if plain is not None:
+        host = plain.group(1).lower()
+    else:
+        try:
+            host = urlsplit(url.strip()).hostname
+        except ValueError:
+            return None
     if not host:
         return None
     return host.rstrip(".") or None

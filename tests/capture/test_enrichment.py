@@ -9,6 +9,7 @@ from capture.enrichment import (
     MAX_VALUE_LENGTH,
     DeviceInfo,
     Touch,
+    _host,
     _query_params,
     anonymize_ip,
     parse_user_agent,
@@ -454,3 +455,28 @@ def test_query_parameters_are_read_as_parse_qsl_reads_them(query):
     for name, value in parse_qsl(urlsplit(url.strip()).query):
         expected.setdefault(name.lower(), value)
     assert _query_params(url) == expected
+
+
+def _pick(*choices):
+    return st.sampled_from(choices)
+
+
+URLS = st.tuples(
+    _pick("", " ", "\t"),
+    _pick("https://", "http://", "HTTPS://", "ftp://", "https:/", "//", ""),
+    _pick("", "user@", "a:b@"),
+    st.lists(_pick("www", "Baidu", "example", "线", "", "-x", "1"), max_size=4).map(".".join),
+    _pick("", ":80", ":", ":8x", ":80:90", "]", "[::1]"),
+    _pick("", "/", "/p?q#f", "?x", "#y", " ", "\t/", "\\"),
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(url=URLS)
+def test_a_referrers_host_is_read_as_urlsplit_reads_it(url):
+    try:
+        expected = urlsplit(url.strip()).hostname if url.strip() else None
+    except ValueError:
+        expected = None
+    expected = (expected or "").rstrip(".") or None
+    assert _host(url) == expected

@@ -84,7 +84,7 @@ BATCH_BYTES = 5_000_000
 # and the join makes one index probe per value.
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One envelope from the queue, validated at capture and enriched here."""
 

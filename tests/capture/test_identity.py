@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from capture.identity import (
     clean_json,
@@ -173,6 +175,24 @@ def test_clean_json_leaves_clean_data_untouched_and_copies_what_it_changes():
 )
 def test_clean_json_fast_path_never_lets_a_dirty_value_through(dirty):
     assert clean_json(dirty) is not dirty
+
+
+# Controls, what their escapes are made of and printable neighbours, or any character at all.
+EDGE_CHARACTERS = "\x00\x07\x08\x0c\x1f\x7f\x80\x85\x9f\xa0»\\bfu0\t\n中"
+
+
+@given(
+    st.text(st.sampled_from(EDGE_CHARACTERS), max_size=8)
+    | st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+)
+def test_clean_json_fast_path_keeps_exactly_the_strings_without_control_characters(text):
+    value = {"x": text, "y": [text]}
+    cleaned = clean_json(value)
+    stripped = strip_control_characters(text)
+    assert cleaned == {"x": stripped, "y": [stripped]}
+    if stripped == text and "\\" not in text:
+        # Only a backslash before b, f or u00 can send a clean value the slow way.
+        assert cleaned is value
 
 
 DIRTY_ONES = [

@@ -14,11 +14,11 @@ import statistics
 import time
 from datetime import datetime
 from multiprocessing.synchronize import Event as StartSignal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
 
+from bench.cpu import cpu_seconds_of
 from bench.results import at_least, record
 from core.clock import clock
 from core.db import session_scope
@@ -136,8 +136,10 @@ def _advance_until_done(now: datetime, start: StartSignal, cpu: Any) -> None:
 
 def _cpu_seconds_of(pid: int) -> float:
     """CPU time of a local process (the PostgreSQL backend serving a connection)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = cpu_seconds_of(pid)
+    if seconds is None:
+        raise RuntimeError(f"/proc does not tell the CPU time of process {pid}")
+    return seconds
 
 
 def main() -> None:

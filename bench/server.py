@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from bench.cpu import cpu_seconds_of
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
 LOAD_CORE = 1
@@ -46,11 +48,7 @@ class Server:
     def cpu_seconds(self) -> float | None:
         """CPU time the server process has used (user + system), where /proc tells it. On a
         shared machine two servers' CPU per request compare more steadily than their rates."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds_of(self.pid)
 
 
 @contextmanager

@@ -7,7 +7,6 @@ URL and referrer decide the visit's channel, source and campaign.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from core.settings import get_settings
 if TYPE_CHECKING:
     from capture.ingest import Message
 
-CAMPAIGN_MARKERS = re.compile("|".join(["utm_", *(re.escape(k.param) for k in CLICK_ID_KINDS)]))
 DIRECT = Touch("direct", None, None, None, None, None, None, None, None)
 
 

@@ -118,7 +118,7 @@ def _with_version(family: str, version: str, parts: int) -> str | None:
     return f"{family} {short_version}" if short_version else family
 
 
-def anonymize_ip(ip: str | None) -> str | None:
+def anonymize_ip(ip: object) -> str | None:
     """Zeroes the host part of an address: the last octet of IPv4, all but 48 bits of IPv6
     (Google Analytics' rule); None for anything that is not an IP address."""
     if not isinstance(ip, str) or len(ip) > MAX_IP_LENGTH:
@@ -269,9 +269,12 @@ SITE_BY_BRAND = {
 }
 
 
-def touch_for(url: str | None, referrer: str | None, campaign: dict | None = None) -> Touch:
+def touch_for(url: object, referrer: object, campaign: object = None) -> Touch:
     """The marketing touch of a page view, from its URL's UTM parameters and click ids, the
-    campaign a Segment client sent in `context.campaign` (URL parameters win), and the referrer."""
+    campaign a Segment client sent in `context.campaign` (URL parameters win), and the referrer.
+    Values of any other type than these count as absent."""
+    url = url if isinstance(url, str) else None
+    referrer = referrer if isinstance(referrer, str) else None
     params = _query_params(url)
     given = campaign if isinstance(campaign, dict) else {}
 

@@ -24,7 +24,7 @@ from core.db import insert_new, is_postgres
 from core.models import table_of
 
 if TYPE_CHECKING:
-    from capture.ingest import Message
+    from capture.parsing import Message
 
 EVENT_COLUMNS = (
     "source_id",

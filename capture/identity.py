@@ -15,7 +15,10 @@ MAX_RAW_PHONE_LENGTH = 64
 
 # C0 and C1 controls except tab, newline and carriage return (NUL included: PostgreSQL rejects
 # it in text and JSONB), and lone surrogates, which UTF-8 cannot encode.
-CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# The surrogates are spelled with chr(): mypyc cannot compile them in a string literal.
+CONTROL_CHARACTERS = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f" + chr(0xD800) + "-" + chr(0xDFFF) + "]"
+)
 # What those characters look like once orjson has encoded them: \u00XX escapes, \b and \f,
 # raw DEL and raw C1 bytes, \xc2 then \x80-\x9f (lone surrogates make orjson raise instead).
 _ENCODED_C1 = re.compile(rb"\xc2[\x80-\x9f]")

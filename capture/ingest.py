@@ -12,7 +12,6 @@ replayed batch changes nothing.
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -23,9 +22,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -35,16 +33,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from capture.copy_text import copy_line, copy_lines, default_values, text_value, time_value
-from capture.enrichment import (
-    DeviceInfo,
-    Touch,
-    anonymize_ip,
-    is_dotted_quad,
-    parse_user_agent,
-)
-from capture.envelope import queued_envelopes
-from capture.event_store import StoredEvent, insert_events, parsed_event_text, publish_stored
-from capture.identity import clean_json_each, normalize_email, normalize_phone
+from capture.event_store import StoredEvent, insert_events, publish_stored
 from capture.lanes import StoreLanes
 from capture.merge import fold
 from capture.models import (
@@ -56,10 +45,11 @@ from capture.models import (
     FormSubmission,
     Identity,
 )
+from capture.parsing import Message, ParsedBatch, parse_batch
 from capture.profiles import collect_deltas, fold_deltas, update_profiles, whole_profile
 from capture.queue import CaptureQueue, get_queue
 from capture.resolution import IdentityKey, KnownContact, Resolution, Resolver
-from capture.visits import assign_visits, campaign_touch, plan_visits, write_visits
+from capture.visits import assign_visits, plan_visits, write_visits
 from core.clock import clock
 from core.db import (
     bulk_insert,
@@ -82,43 +72,6 @@ BATCH_BYTES = 5_000_000
 # Long lists of values go to PostgreSQL as one JSON parameter joined to the table: psycopg
 # adapts a Python list element by element in Python, which costs more than the lookup itself,
 # and the join makes one index probe per value.
-
-
-@dataclass(slots=True)
-class Message:
-    """One envelope from the queue, validated at capture and enriched here."""
-
-    source_id: uuid.UUID
-    message_id: str
-    type: str
-    name: str | None
-    timestamp: datetime
-    original_timestamp: datetime | None
-    received_at: datetime
-    anonymous_id: str | None
-    user_id: str | None
-    properties: dict[str, Any]
-    traits: dict[str, Any]
-    context: dict[str, Any]
-    url: str | None
-    path: str | None
-    referrer: str | None
-    device: DeviceInfo
-    ip: str | None
-    raw_ip: str | None
-    keys: list[IdentityKey]
-    envelope: dict[str, Any]
-    contact_id: uuid.UUID = field(default=uuid.UUID(int=0))
-    visit_id: uuid.UUID | None = None
-    channel: str | None = None
-    touch: Touch | None = None  # set when this message opened a visit
-    campaign_touch: Touch | None = None  # see capture.visits.campaign_touch
-    parsed_event_text: str = ""  # see capture.event_store.parsed_event_text
-
-    def unresolve(self) -> None:
-        """Forgets what a try at storing it decided, for another try."""
-        self.contact_id = uuid.UUID(int=0)
-        self.visit_id = self.channel = self.touch = None
 
 
 @dataclass
@@ -278,53 +231,6 @@ def store_part(batch: ParsedBatch) -> BatchResult:
                 message.unresolve()
 
 
-@dataclass
-class ParsedBatch:
-    messages: list[Message]
-    bot_hits: Counter[tuple[uuid.UUID, date, str]]
-
-    def split(self, parts: int) -> list[ParsedBatch]:
-        """The batch in `parts` parts by visitor (anonymous id, else user id): a visitor's
-        messages stay together and in order. Bot hits go with the first part."""
-        if parts <= 1:
-            return [self]
-        messages: list[list[Message]] = [[] for _ in range(parts)]
-        for message in self.messages:
-            messages[hash(message.anonymous_id or message.user_id) % parts].append(message)
-        return [
-            ParsedBatch(part, self.bot_hits if index == 0 else Counter())
-            for index, part in enumerate(messages)
-        ]
-
-
-# Parsing is pure Python and runs beside the storing lanes, whose threads need the GIL for a
-# moment each time PostgreSQL answers. Left to the interpreter, each of them would wait out
-# the switch interval (5 ms) while the parser runs on (the "convoy effect"); a pause of a
-# microsecond every few dozen messages hands the GIL over at once. The parser keeps up easily:
-# it is idle about half of the time.
-GIVE_WAY_EVERY = 64
-GIVE_WAY_SECONDS = 1e-6
-
-
-def parse_batch(envelopes: list[dict[str, Any]]) -> ParsedBatch:
-    anonymize = get_settings().anonymize_ip
-    messages: list[Message] = []
-    bot_hits: Counter[tuple[uuid.UUID, date, str]] = Counter()
-    for count, envelope in enumerate(queued_envelopes(envelopes), 1):
-        if count % GIVE_WAY_EVERY == 0:
-            time.sleep(GIVE_WAY_SECONDS)
-        message = parse_message(envelope, anonymize)
-        if message.device.is_bot:
-            bot_hits[
-                (message.source_id, message.timestamp.date(), message.device.bot_name or "")
-            ] += 1
-            continue
-        message.parsed_event_text = parsed_event_text(message)
-        message.campaign_touch = campaign_touch(message)
-        messages.append(message)
-    return ParsedBatch(messages, bot_hits)
-
-
 def ingest(session: Session, envelopes: list[dict[str, Any]]) -> BatchResult:
     """Stores one batch of envelopes; flushes, the caller commits."""
     return store(session, parse_batch(envelopes))
@@ -444,88 +350,6 @@ def finish_batch(
     result.new_contacts = len(plan.new_contacts)
     result.merges = len(plan.merges)
     return result
-
-
-def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
-    context, properties, traits = clean_json_each(
-        [
-            envelope.get("context") or {},
-            envelope.get("properties") or {},
-            envelope.get("traits") or {},
-        ]
-    )
-    assert isinstance(context, dict) and isinstance(properties, dict) and isinstance(traits, dict)
-    page = context["page"] if isinstance(context.get("page"), dict) else {}
-    kind = envelope["type"]
-
-    def page_field(name: str) -> str | None:
-        value = properties.get(name) if kind == "page" else None
-        value = value if isinstance(value, str) and value else page.get(name)
-        return value[:4000] if isinstance(value, str) and value else None
-
-    keys: list[IdentityKey] = []
-    if envelope.get("anonymousId"):
-        keys.append(("anonymous", envelope["anonymousId"]))
-    if envelope.get("userId"):
-        keys.append(("user_id", envelope["userId"]))
-    if kind == "alias" and envelope.get("previousId"):
-        keys.append(("anonymous", envelope["previousId"]))
-    if kind == "identify":
-        email = normalize_email(traits.get("email"))
-        phone = normalize_phone(traits.get("phone"))
-        if email:
-            keys.append(("email", email))
-            traits["email"] = email
-        if phone:
-            keys.append(("phone", phone))
-            traits["phone"] = phone
-
-    raw_ip = valid_ip(envelope.get("ip"))
-    return Message(
-        source_id=source_uuid(envelope["sourceId"]),
-        message_id=envelope["messageId"],
-        type=kind,
-        name=envelope.get("event") or envelope.get("name"),
-        timestamp=datetime.fromisoformat(envelope["timestamp"]),
-        original_timestamp=_optional_time(envelope.get("originalTimestamp")),
-        received_at=datetime.fromisoformat(envelope["receivedAt"]),
-        anonymous_id=envelope.get("anonymousId"),
-        user_id=envelope.get("userId"),
-        properties=properties,
-        traits=traits,
-        context=context,
-        url=page_field("url"),
-        path=page_field("path"),
-        referrer=page_field("referrer"),
-        device=parse_user_agent(envelope.get("userAgent")),
-        ip=anonymize_ip(raw_ip) if anonymize else raw_ip,
-        raw_ip=raw_ip,
-        keys=keys,
-        envelope=envelope,
-    )
-
-
-@lru_cache(maxsize=1024)
-def source_uuid(value: str) -> uuid.UUID:
-    return uuid.UUID(value)
-
-
-def valid_ip(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value if is_dotted_quad(value) else _parsed_ip(value)
-
-
-@lru_cache(maxsize=4096)
-def _parsed_ip(value: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
-
-
-def _optional_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def record_bot_hits(session: Session, hits: Counter[tuple[uuid.UUID, date, str]]) -> None:

@@ -29,7 +29,7 @@ from core.db import bulk_update, is_postgres
 from core.models import table_of
 
 if TYPE_CHECKING:
-    from capture.ingest import Message
+    from capture.parsing import Message
 
 TouchEntry = tuple[datetime, str, str | None, str | None, str | None]
 TOUCH_PARTS = ("at", "channel", "source", "medium", "campaign")

@@ -26,7 +26,7 @@ from core.models import table_of
 from core.settings import get_settings
 
 if TYPE_CHECKING:
-    from capture.ingest import Message
+    from capture.parsing import Message
 
 DIRECT = Touch("direct", None, None, None, None, None, None, None, None)
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from core.compiled import drop_stale
 from core.settings import get_settings
 
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    drop_stale()  # before any command imports a compiled module
     handler = {
         "run": cmd_run,
         "serve": cmd_serve,

@@ -23,6 +23,7 @@ from capture.sources import create_source, write_keys
 from channels.settings import get_channel_settings
 from core import db, feed, settings
 from core.clock import clock
+from core.compiled import is_compiled
 from core.keys import Role, create_api_key
 from core.migrate import upgrade
 from core.registry import metadata
@@ -30,6 +31,11 @@ from core.registry import metadata
 POSTGRES_ADMIN_URL = os.environ.get("NURTURE_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NURTURE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_report_header() -> str:
+    compiled = "compiled by mypyc" if is_compiled() else "plain Python (no C compiler, or stale)"
+    return f"ingest hot paths: {compiled}"
 
 
 def service_missing(what: str, error: Exception) -> None:

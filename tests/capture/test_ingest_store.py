@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from capture import ingest
 from capture.event_store import insert_events
-from capture.ingest import decode_entries, parse_batch
+from capture.ingest import decode_entries
 from capture.models import Contact, Identity
+from capture.parsing import parse_batch
 from capture.queue import get_queue
 from capture.sources import create_source
 from core.db import session_scope

@@ -19,9 +19,10 @@ from sqlalchemy import select, text
 
 from api.app import create_app
 from capture import ingest
-from capture.ingest import ParsedBatch, decode_entries, parse_batch, store_part
+from capture.ingest import decode_entries, store_part
 from capture.lanes import StoreLanes
 from capture.models import Event, Identity
+from capture.parsing import GIVE_WAY_EVERY, ParsedBatch, parse_batch
 from capture.queue import get_queue
 from capture.sources import create_source
 from capture.tracking import envelope_for_single
@@ -255,7 +256,7 @@ def test_parsing_gives_the_gil_to_a_thread_waiting_on_io_every_few_dozen_message
     # other thread (a lane coming back from PostgreSQL, here from a short sleep) run.
     envelopes = [
         _envelope(page(f"visitor-{visitor}", SITE, T0) | {"messageId": f"m-{visitor}"})
-        for visitor in range(40 * ingest.GIVE_WAY_EVERY)
+        for visitor in range(40 * GIVE_WAY_EVERY)
     ]
     parsing = threading.Event()
     wakeups = 0

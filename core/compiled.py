@@ -84,7 +84,8 @@ def has_c_compiler() -> bool:
 
 
 def compile_hot_paths() -> int:
-    """Compiles the hot modules in place unless they are compiled and current."""
+    """Compiles the hot modules in place unless they are compiled and current. Returns 0
+    whatever happens: without a build the same sources run as plain Python."""
     if is_compiled() and not stale_sources():
         return 0
     if not has_c_compiler():
@@ -101,8 +102,12 @@ def compile_hot_paths() -> int:
     command = [sys.executable, "-m", "mypyc", *HOT_MODULES]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)  # noqa: S603 (our own interpreter and file list)
     if done.returncode != 0:
+        # Slower, not broken: the service starts on the sources. CI checks that it compiled.
         print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
-        return done.returncode
+        print("mypyc failed: the ingest hot paths run as plain Python", file=sys.stderr)
+        for path in built_files():
+            path.unlink(missing_ok=True)
+        return 0
     for path in built_files():
         path.touch()  # copied out of the build directory with its old time; it is new
     return 0

@@ -87,6 +87,7 @@ def compile_hot_paths() -> int:
     """Compiles the hot modules in place unless they are compiled and current. Returns 0
     whatever happens: without a build the same sources run as plain Python."""
     if is_compiled() and not stale_sources():
+        make_group_importable()
         return 0
     if not has_c_compiler():
         print(
@@ -110,7 +111,15 @@ def compile_hot_paths() -> int:
         return 0
     for path in built_files():
         path.touch()  # copied out of the build directory with its old time; it is new
+    make_group_importable()
     return 0
+
+
+def make_group_importable() -> None:
+    """mypyc puts the group's shared library at the top level of the project, beside the
+    packages; the editable install maps only the packages, so a path file adds the root."""
+    path_file = Path(sysconfig.get_paths()["purelib"]) / "nurture-compiled.pth"
+    path_file.write_text(f"{ROOT}\n")
 
 
 if __name__ == "__main__":

@@ -277,14 +277,8 @@ def touch_for(url: object, referrer: object, campaign: object = None) -> Touch:
     referrer = referrer if isinstance(referrer, str) else None
     params = _query_params(url)
     given = campaign if isinstance(campaign, dict) else {}
-
-    def utm(name: str, campaign_key: str) -> str | None:
-        if not (params or given):
-            return None  # most landings carry no campaign at all
-        return _clean(params.get(f"utm_{name}")) or _clean(given.get(campaign_key))
-
-    source = _normalize_source(utm("source", "source"))
-    medium = (utm("medium", "medium") or "").lower() or None
+    source = _normalize_source(_utm(params, given, "source", "source"))
+    medium = (_utm(params, given, "medium", "medium") or "").lower() or None
     click_kind, click_id = _click_id(params)
     referrer_host = _host(referrer)
     if referrer_host is not None and _same_host(referrer_host, _host(url)):
@@ -302,13 +296,20 @@ def touch_for(url: object, referrer: object, campaign: object = None) -> Touch:
         channel=_channel(source, medium),
         source=_clean(source),
         medium=medium,
-        campaign=utm("campaign", "name"),
-        term=utm("term", "term"),
-        content=utm("content", "content"),
+        campaign=_utm(params, given, "campaign", "name"),
+        term=_utm(params, given, "term", "term"),
+        content=_utm(params, given, "content", "content"),
         click_id_kind=click_kind.param if click_kind else None,
         click_id=click_id,
         referrer_host=_clean(referrer_host),
     )
+
+
+def _utm(params: dict[str, str], given: dict[Any, Any], name: str, campaign_key: str) -> str | None:
+    """A UTM value from the URL's parameters, else from the client's campaign."""
+    if not (params or given):
+        return None  # most landings carry no campaign at all
+    return _clean(params.get(f"utm_{name}")) or _clean(given.get(campaign_key))
 
 
 def _click_id(params: dict[str, str]) -> tuple[ClickIdKind | None, str | None]:

@@ -47,3 +47,20 @@ def test_concurrent_puts_are_all_stored(pg_backend):
     numbers = sorted(e["n"] for _, payload in taken for e in orjson.loads(payload))
     assert numbers == list(range(200))
     assert len(taken) < 200  # gathered into few stream entries
+
+
+def test_a_reclaim_hands_over_pending_entries_in_order_and_skips_deleted_ones(pg_backend):
+    from capture.queue import RedisStreamQueue
+
+    queue = get_queue()
+    assert isinstance(queue, RedisStreamQueue)
+    for n in range(3):
+        queue.put_sync(orjson.dumps([{"n": n}]))
+    taken = queue.take("dies", 10, 0)
+    assert [orjson.loads(payload) for _, payload in taken] == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
+    queue._sync.xdel(queue.stream, taken[1][0])  # removed while still pending
+
+    impatient = RedisStreamQueue(queue._url, queue.stream, claim_timeout=0)
+    reclaimed = impatient.take("rescuer", 10, 0)
+    assert reclaimed == [taken[0], taken[2]]
+    assert all(isinstance(entry_id, str) for entry_id, _ in reclaimed)

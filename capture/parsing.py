@@ -139,7 +139,7 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
             keys.append(("phone", phone))
             traits["phone"] = phone
 
-    raw_ip = valid_ip(envelope.get("ip"))
+    raw_ip, ip = client_ip(envelope.get("ip"), anonymize)
     return Message(
         source_id=source_uuid(envelope["sourceId"]),
         message_id=envelope["messageId"],
@@ -157,7 +157,7 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
         path=_page_field(own, page, "path"),
         referrer=_page_field(own, page, "referrer"),
         device=parse_user_agent(envelope.get("userAgent")),
-        ip=anonymize_ip(raw_ip) if anonymize else raw_ip,
+        ip=ip,
         raw_ip=raw_ip,
         keys=keys,
         envelope=envelope,
@@ -177,13 +177,20 @@ def source_uuid(value: str) -> uuid.UUID:
     return uuid.UUID(value)
 
 
-def valid_ip(value: str | None) -> str | None:
+def client_ip(value: str | None, anonymize: bool) -> tuple[str | None, str | None]:
+    """The client's address as given when it is one, and as events store it."""
     if not value:
-        return None
-    return value if is_dotted_quad(value) else _parsed_ip(value)
+        return None, None
+    return _client_ip(value, anonymize)
 
 
-@lru_cache(maxsize=4096)
+# A visitor's events come from one address: most lookups hit.
+@lru_cache(maxsize=16384)
+def _client_ip(value: str, anonymize: bool) -> tuple[str | None, str | None]:
+    raw = value if is_dotted_quad(value) else _parsed_ip(value)
+    return raw, anonymize_ip(raw) if anonymize else raw
+
+
 def _parsed_ip(value: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value))

@@ -2,7 +2,7 @@
 IP, clean JSON, identity keys, the event's COPY text and campaign touch) before storing.
 
 Pure Python with no database: it runs on the ingest worker's helper thread beside the storing
-lanes, and is compiled by mypyc where a C compiler is present (see scripts/compile_hot_paths.py).
+lanes, and is compiled by mypyc where a C compiler is present (see core/compiled.py).
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def parse_message(envelope: dict[str, Any], anonymize: bool) -> Message:
 
 
 def _page_field(own: dict[str, Any], page: dict[str, Any], name: str) -> str | None:
-    # No closure in this module: mypyc makes each call's closure a reference cycle, left for
-    # the cycle collector, whose passes over them cost ingest a tenth of its CPU.
+    # Not a closure: mypyc makes each call's closure a reference cycle, left to the cycle
+    # collector, whose passes over the in-flight batches then cost 5-9 us of ~70 per event.
     value = own.get(name)
     value = value if isinstance(value, str) and value else page.get(name)
     return value[:4000] if isinstance(value, str) and value else None
